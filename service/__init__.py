@@ -1,0 +1,1 @@
+"""Online RecRanker gateway (POST /rerank) and the ranking core it shares with training."""

@@ -1,0 +1,1 @@
+"""Offline RecRanker pipeline: data -> backbones -> sampling -> instructions -> tuning -> export -> eval."""
