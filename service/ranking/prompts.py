@@ -1,0 +1,166 @@
+"""Prompt builders for the three RecRanker tasks (pointwise, pairwise, listwise).
+
+Layout decision: every prompt of one user starts with the same system message and the same user
+block (role, profile, liked and disliked history in one fixed order); only the last paragraph
+(the candidate(s), the backbone hint about them and the question) differs. So a serving engine with
+prefix caching computes the shared part once per user. Hints that concern the whole user (none yet)
+would go in the shared block; hints about candidates go at the end because they differ per prompt.
+
+Answers are one short token sequence scored from token probabilities:
+  pointwise -> one rating digit, pairwise -> "Yes" / "No", listwise -> candidate letters "C, A, E".
+Position shifting (shuffled history and candidate order, pairs in both orders) is the caller's
+choice through `shuffle_rng`; serving passes none and keeps the given order.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+LETTERS = string.ascii_uppercase
+MAX_TITLE_CHARS = 120
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f<>|`\"#]+")
+_SPACES = re.compile(r"\s+")
+
+
+def sanitize_title(title: str) -> str:
+    """Make an item title safe to quote: no newlines, control chars, quotes or chat-template markup
+    (`<|im_start|>` and the like), bounded length. Titles come from catalogues we don't control."""
+    clean = _SPACES.sub(" ", _UNSAFE.sub(" ", title)).strip()
+    if len(clean) > MAX_TITLE_CHARS:
+        clean = clean[: MAX_TITLE_CHARS - 1].rstrip() + "…"
+    return clean or "untitled"
+
+
+@dataclass(frozen=True)
+class RatedItem:
+    title: str
+    rating: float
+
+
+@dataclass(frozen=True)
+class UserProfile:
+    """What a prompt may say about a user: training-period history only (the caller guarantees it)."""
+
+    liked: Sequence[RatedItem]  # time order, most recent last
+    disliked: Sequence[RatedItem] = ()
+    age: int | None = None
+    gender: str | None = None
+    occupation: str | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    title: str
+    backbone_rank: int | None = None  # 1-based rank in the retrieval backbone's list, the hint
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    domain: str = "movie"  # "movie" or "book": the role and wording
+    max_rating: int = 5
+    max_liked: int = 50
+    max_disliked: int = 10
+    with_hints: bool = True
+    with_features: bool = True
+    listwise_top: int = 5
+
+
+@dataclass(frozen=True)
+class Prompt:
+    task: str
+    messages: list[dict[str, str]]
+    # Pairwise: order of the two candidates; listwise: candidate indices in letter order.
+    candidate_order: tuple[int, ...] = field(default_factory=tuple)
+
+    @property
+    def shared_prefix(self) -> str:
+        """The part identical for every prompt of one user (system message and history block)."""
+        return self.messages[0]["content"] + "\n" + self.messages[1]["content"].split("\n\n## ", 1)[0]
+
+
+def _profile_line(user: UserProfile) -> str | None:
+    parts = []
+    if user.age is not None:
+        parts.append(f"{user.age}-year-old")
+    if user.gender:
+        parts.append({"M": "male", "F": "female"}.get(user.gender, user.gender))
+    if user.occupation and user.occupation not in ("other", "none"):
+        parts.append(user.occupation)
+    return "The user is a " + " ".join(parts) + "." if parts else None
+
+
+def _titles(items: Sequence[RatedItem]) -> str:
+    return "; ".join(f"{sanitize_title(it.title)} ({it.rating:g})" for it in items) or "(none)"
+
+
+def _shared_block(user: UserProfile, cfg: PromptConfig, rng: random.Random | None) -> list[dict[str, str]]:
+    noun = cfg.domain + "s"
+    liked = list(user.liked)[-cfg.max_liked :]
+    disliked = list(user.disliked)[-cfg.max_disliked :]
+    if rng is not None:  # position shifting: the model must not learn that order means anything
+        rng.shuffle(liked)
+        rng.shuffle(disliked)
+    system = (
+        f"You are a {cfg.domain} recommender. From a user's history you judge which {noun} the user "
+        f"will enjoy. Reply in exactly the format asked for, with nothing else."
+    )
+    lines = ["# User"]
+    profile = _profile_line(user) if cfg.with_features else None
+    if profile:
+        lines.append(profile)
+    lines.append(f"{noun.capitalize()} the user liked (rating out of {cfg.max_rating}): {_titles(liked)}")
+    lines.append(f"{noun.capitalize()} the user disliked: {_titles(disliked)}")
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def _with_question(shared: list[dict[str, str]], question: str) -> list[dict[str, str]]:
+    return [shared[0], {"role": "user", "content": shared[1]["content"] + "\n\n## Question\n" + question}]
+
+
+def pointwise_prompt(user: UserProfile, candidate: Candidate, cfg: PromptConfig = PromptConfig(), shuffle_rng: random.Random | None = None, n_candidates: int | None = None) -> Prompt:
+    shared = _shared_block(user, cfg, shuffle_rng)
+    question = f'How would the user rate the {cfg.domain} "{sanitize_title(candidate.title)}"?'
+    if cfg.with_hints and candidate.backbone_rank is not None:
+        of = f" of {n_candidates}" if n_candidates else ""
+        question += f" A conventional recommender ranks it #{candidate.backbone_rank}{of} for this user."
+    question += f" Answer with one digit from 1 to {cfg.max_rating}."
+    return Prompt("pointwise", _with_question(shared, question), (0,))
+
+
+def pairwise_prompt(user: UserProfile, a: Candidate, b: Candidate, cfg: PromptConfig = PromptConfig(), shuffle_rng: random.Random | None = None) -> Prompt:
+    shared = _shared_block(user, cfg, shuffle_rng)
+    question = (
+        f'Would the user prefer A: "{sanitize_title(a.title)}" over B: "{sanitize_title(b.title)}"?'
+    )
+    if cfg.with_hints and a.backbone_rank is not None and b.backbone_rank is not None:
+        better = "A" if a.backbone_rank < b.backbone_rank else "B"
+        question += f" A conventional recommender prefers {better}."
+    question += " Answer Yes or No."
+    return Prompt("pairwise", _with_question(shared, question), (0, 1))
+
+
+def listwise_prompt(user: UserProfile, candidates: Sequence[Candidate], cfg: PromptConfig = PromptConfig(), shuffle_rng: random.Random | None = None) -> Prompt:
+    if not 1 <= len(candidates) <= len(LETTERS):
+        raise ValueError(f"listwise needs 1 to {len(LETTERS)} candidates, got {len(candidates)}")
+    shared = _shared_block(user, cfg, shuffle_rng)
+    order = list(range(len(candidates)))
+    if shuffle_rng is not None:
+        shuffle_rng.shuffle(order)
+    top = min(cfg.listwise_top, len(candidates))
+    lines = [f"Candidate {cfg.domain}s:"]
+    lines += [f"{LETTERS[pos]}. {sanitize_title(candidates[idx].title)}" for pos, idx in enumerate(order)]
+    question = "\n".join(lines) + f"\nWhich {top} candidates will the user like most, best first?"
+    ranked = [pos for pos, idx in sorted(enumerate(order), key=lambda p: candidates[p[1]].backbone_rank or 10**9)]
+    if cfg.with_hints and all(c.backbone_rank is not None for c in candidates):
+        question += " A conventional recommender's top " + str(top) + ": " + ", ".join(LETTERS[p] for p in ranked[:top]) + "."
+    example = ", ".join(LETTERS[: top][::-1]) if top > 1 else "A"
+    question += f" Answer with {top} letters separated by commas, like: {example}"
+    return Prompt("listwise", _with_question(shared, question), tuple(order))
+
+
+def listwise_answer(letters_in_order: Sequence[int]) -> str:
+    return ", ".join(LETTERS[p] for p in letters_in_order)

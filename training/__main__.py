@@ -1,0 +1,160 @@
+"""Command line of the offline pipeline: `python -m training <command>`.
+
+  data        load a dataset, print its counts and split sizes, write the item/user tables
+  backbone    train one backbone and write artifacts/<dataset>/backbones/<name>/
+  backbones   train several (skipping trained ones) and write reports/backbones-<dataset>.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from training.data import LOADERS, DataError, leave_one_out, load_dataset
+from training.paths import Paths
+from training.pipeline import train_backbone
+
+console = Console(soft_wrap=True)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="ml-100k", help=f"dataset format: {', '.join(LOADERS)}")
+    p.add_argument("--data-path", type=Path, default=None, help="folder with the original files (default: embedded ML-100K)")
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def _load(args, paths: Paths):
+    dataset = load_dataset(args.dataset, args.data_path, cache_dir=paths.cache)
+    return dataset, leave_one_out(dataset)
+
+
+def cmd_data(args, paths: Paths) -> int:
+    from training.backbone_artifacts import write_dataset_tables
+
+    dataset, split = _load(args, paths)
+    table = Table(title=f"{dataset.name}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    summary = {**dataset.summary(), **split.summary()}
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    folder = paths.artifacts / dataset.name
+    write_dataset_tables(dataset, folder)
+    (folder / "data_summary.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_backbone(args, paths: Paths) -> int:
+    dataset, split = _load(args, paths)
+    train_backbone(args.name, dataset, split, paths, _parse_overrides(args.set), args.force)
+    return 0
+
+
+def metrics_table_markdown(dataset: str, reports: dict[str, dict]) -> str:
+    cols = ["HR@3", "NDCG@3", "HR@5", "NDCG@5", "HR@10", "NDCG@10"]
+    lines = [
+        f"Backbones on {dataset}: leave-one-out test item, full catalogue, rated items masked.",
+        "",
+        "| backbone | " + " | ".join(cols) + " | best epoch | train s |",
+        "|---|" + "---:|" * (len(cols) + 2),
+    ]
+    for name, r in reports.items():
+        cells = " | ".join(f"{r[c]:.4f}" for c in cols)
+        lines.append(f"| {name} | {cells} | {r.get('best_epoch', '')} | {r.get('train_seconds', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_backbones(args, paths: Paths) -> int:
+    dataset, split = _load(args, paths)
+    reports = {name: train_backbone(name, dataset, split, paths, {}, args.force) for name in args.names}
+    table = Table(title=f"backbones on {dataset.name} (test, full catalogue)")
+    for col in ["backbone", "HR@3", "NDCG@3", "HR@5", "NDCG@5", "HR@10", "NDCG@10"]:
+        table.add_column(col, justify="right")
+    for name, r in reports.items():
+        table.add_row(name, *(f"{r[c]:.4f}" for c in ["HR@3", "NDCG@3", "HR@5", "NDCG@5", "HR@10", "NDCG@10"]))
+    console.print(table)
+    out = Path("reports") / f"backbones-{dataset.name}.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(metrics_table_markdown(dataset.name, reports))
+    console.print(f"wrote {out}")
+    return 0
+
+
+def cmd_tune(args, paths: Paths) -> int:
+    from training.pipeline import TuneRequest, run_tune
+
+    req = TuneRequest(
+        dataset=args.dataset,
+        data_path=args.data_path,
+        backbone=args.backbone,
+        sampling=args.sampling,
+        profile=args.profile,
+        model_path=args.model_path,
+        enhancement=not args.no_enhancement,
+        position_shift=not args.no_position_shift,
+        export_dir=args.export_dir,
+    )
+    run_tune(req, paths)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("data", help="load and split a dataset, print its counts")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_data)
+    p = sub.add_parser("backbone", help="train one backbone")
+    _add_data_args(p)
+    p.add_argument("--name", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--force", action="store_true", help="retrain even if artifacts exist")
+    p.set_defaults(func=cmd_backbone)
+    p = sub.add_parser("backbones", help="train several backbones, skipping trained ones")
+    _add_data_args(p)
+    p.add_argument("--names", nargs="+", default=["pop", "mf", "lightgcn", "sgl", "sasrec", "bert4rec", "cl4srec"])
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_backbones)
+    p = sub.add_parser("tune", help="sampling -> instructions -> LoRA -> merged export (trains the backbone if needed)")
+    _add_data_args(p)
+    p.add_argument("--backbone", default="lightgcn", help="backbone whose ranks are the prompt hints and whose embeddings drive sampling")
+    p.add_argument("--sampling", default="adaptive", choices=["adaptive", "uniform", "importance", "clustering"])
+    p.add_argument("--profile", default="cpu", choices=["cpu", "gpu", "tiny"])
+    p.add_argument("--model-path", type=Path, default=None, help="local Hugging Face model folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--no-enhancement", action="store_true", help="ablation: prompts without backbone hints")
+    p.add_argument("--no-position-shift", action="store_true", help="ablation: keep history and candidate order")
+    p.add_argument("--export-dir", type=Path, default=None, help="default artifacts/<dataset>/model")
+    p.set_defaults(func=cmd_tune)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, Paths.from_env())
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyError, ValueError) as exc:  # unknown backbone, bad --set value (pydantic errors are ValueErrors)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc).splitlines()[0]
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

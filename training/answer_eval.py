@@ -1,0 +1,120 @@
+"""Score instruction examples with a local transformers model, through the same scoring functions the
+service applies to vLLM's logprobs, and summarise per task:
+  pointwise_mae        mean |E[rating] - true rating| (off-format answers count as the scale midpoint)
+  pairwise_accuracy    share of pairs where P(Yes) > 0.5 matches the label
+  listwise_hits_at_5   mean share of the relevant candidates among the 5 letters the model generates
+Scoring runs in float32: bf16 rounds P(Yes) to a handful of values (measured, see shared notes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from service.ranking.scoring import expected_rating, parse_listwise, yes_probability
+
+TOP_LOGPROBS = 20
+
+
+@dataclass
+class AnswerReport:
+    answer_loss: float
+    pointwise_mae: float | None
+    pairwise_accuracy: float | None
+    listwise_hits_at_5: float | None
+    invalid_answers: dict[str, int]
+    counts: dict[str, int]
+
+
+def _chat_inputs(tokenizer, rows: list[dict]):
+    texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def next_token_logprobs(model, tokenizer, rows: list[dict]) -> list[dict[str, float]]:
+    inputs = _chat_inputs(tokenizer, rows)
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, -1, :].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    top = torch.topk(logprobs, TOP_LOGPROBS, dim=-1)
+    return [
+        {tokenizer.decode([int(t)]): float(v) for t, v in zip(idx, val)}
+        for idx, val in zip(top.indices, top.values)
+    ]
+
+
+def generate_answers(model, tokenizer, rows: list[dict], max_new_tokens: int = 16) -> list[str]:
+    inputs = _chat_inputs(tokenizer, rows)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return [tokenizer.decode(seq[inputs["input_ids"].shape[1] :], skip_special_tokens=True) for seq in out]
+
+
+def evaluate_answers(model, tokenizer, rows: list[dict], batch_size: int = 8, max_rating: int = 5, progress: bool = True) -> AnswerReport:
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    errors: dict[str, list[float]] = {"pointwise": [], "pairwise": [], "listwise": []}
+    invalid = {"pointwise": 0, "pairwise": 0, "listwise": 0}
+    by_task = {t: [r for r in rows if r["task"] == t] for t in errors}
+    bar = tqdm(total=len(rows), desc="score answers", disable=not progress, leave=False)
+    for task, task_rows in by_task.items():
+        for start in range(0, len(task_rows), batch_size):
+            batch = task_rows[start : start + batch_size]
+            if task == "listwise":
+                for row, text in zip(batch, generate_answers(model, tokenizer, batch)):
+                    relevant = set(row["label"]["relevant_letters"])
+                    parsed = parse_listwise(text, n_candidates=row["label"]["n_candidates"], top=5)
+                    invalid["listwise"] += not parsed.well_formed
+                    errors["listwise"].append(len(set(parsed.positions[:5]) & relevant) / len(relevant))
+            else:
+                for row, lp in zip(batch, next_token_logprobs(model, tokenizer, batch)):
+                    if task == "pointwise":
+                        score = expected_rating(lp, max_rating)
+                        invalid["pointwise"] += not score.valid
+                        value = score.value if score.valid else (1 + max_rating) / 2
+                        errors["pointwise"].append(abs(value - row["label"]["rating"]))
+                    else:
+                        score = yes_probability(lp)
+                        invalid["pairwise"] += not score.valid
+                        errors["pairwise"].append(float((score.value > 0.5) == row["label"]["prefers_a"]))
+            bar.update(len(batch))
+    bar.close()
+    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+    return AnswerReport(
+        answer_loss=answer_loss(model, tokenizer, rows, batch_size),
+        pointwise_mae=mean(errors["pointwise"]),
+        pairwise_accuracy=mean(errors["pairwise"]),
+        listwise_hits_at_5=mean(errors["listwise"]),
+        invalid_answers=invalid,
+        counts={t: len(v) for t, v in by_task.items()},
+    )
+
+
+def answer_loss(model, tokenizer, rows: list[dict], batch_size: int = 8) -> float:
+    """Mean negative log-likelihood of the answer tokens (the tuning loss, on held-out rows)."""
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        prompts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in batch]
+        fulls = [tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in batch]
+        enc = tokenizer(fulls, return_tensors="pt", padding=True, add_special_tokens=False)
+        labels = enc["input_ids"].clone()
+        labels[enc["attention_mask"] == 0] = -100
+        for i, prompt in enumerate(prompts):
+            n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            pad = int((enc["attention_mask"][i] == 0).sum()) if tokenizer.padding_side == "left" else 0
+            labels[i, : pad + n_prompt] = -100
+        with torch.no_grad():
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = labels[:, 1:]
+        mask = target != -100
+        nll = -logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        total += float(nll[mask].sum())
+        count += int(mask.sum())
+    return total / max(count, 1)

@@ -1,0 +1,168 @@
+"""Pieces the sequential backbones share: history -> token batches, training windows, the encoder.
+
+Token convention: 0 is padding and item i is token i + 1, so the item table's row 0 never scores.
+Histories are left-padded and keep their most recent `max_len` tokens, so the newest item always sits
+at the last position and a learned positional embedding counts back from "now".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.backbones.base import Backbone, BackboneConfig
+from training.data.split import Split
+
+PAD = 0
+
+
+class SequenceConfig(BackboneConfig):
+    """Defaults sized for ML-100K on a CPU; the sequential backbones extend this."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    eval_every: int = 2
+    patience: int = 5
+    max_len: int = 50
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+    user_batch: int = 1024  # histories encoded at once by user_vectors
+
+
+def to_tokens(histories: Sequence[np.ndarray], max_len: int, suffix: int | None = None) -> np.ndarray:
+    """(len(histories), max_len) int64: item + 1, left-padded with PAD, most recent items kept.
+
+    `suffix` is a token appended after every history (BERT4Rec's [MASK]) before truncation."""
+    out = np.zeros((len(histories), max_len), dtype=np.int64)
+    for row, items in enumerate(histories):
+        tokens = np.asarray(items, dtype=np.int64) + 1
+        if suffix is not None:
+            tokens = np.append(tokens, suffix)
+        tokens = tokens[-max_len:]
+        if len(tokens):
+            out[row, max_len - len(tokens) :] = tokens
+    return out
+
+
+def left_pad(rows: Sequence[np.ndarray], max_len: int) -> np.ndarray:
+    """Stack token rows (already shifted, at most `max_len` long) into a left-padded int64 array."""
+    out = np.zeros((len(rows), max_len), dtype=np.int64)
+    for i, row in enumerate(rows):
+        if len(row):
+            out[i, max_len - len(row) :] = row
+    return out
+
+
+def history_batch(histories: Sequence[np.ndarray], max_len: int, device: torch.device, suffix: int | None = None) -> torch.Tensor:
+    return torch.from_numpy(to_tokens(histories, max_len, suffix)).to(device)
+
+
+def windows(sequence: np.ndarray, length: int, stride: int) -> list[np.ndarray]:
+    """Cut a sequence, from its end backwards, into pieces of at most `length` taken every `stride`.
+
+    With `length = stride + 1` (next-item training) consecutive pieces overlap by one item, so every
+    item after the first is a target exactly once; with `length = stride` they tile the sequence."""
+    pieces = []
+    end = len(sequence)
+    while end > 0:
+        pieces.append(sequence[max(0, end - length) : end])
+        if end - length <= 0:
+            break
+        end -= stride
+    return pieces
+
+
+def training_sequences(split: Split, min_len: int) -> list[np.ndarray]:
+    """Users' training liked sequences as token arrays, those shorter than `min_len` dropped."""
+    seqs = (split.liked_sequence(u).astype(np.int64) + 1 for u in range(split.n_users))
+    return [s for s in seqs if len(s) >= min_len]
+
+
+def minibatches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    order = rng.permutation(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def attention_mask(tokens: torch.Tensor, heads: int, causal: bool) -> torch.Tensor:
+    """(batch * heads, L, L) bool, True where a query may NOT look at a key.
+
+    Padding keys are hidden, except that every position may see itself: a padding query (or the
+    first real item under a causal mask) would otherwise have no key at all and produce NaNs."""
+    length = tokens.shape[1]
+    blocked = (tokens == PAD)[:, None, :].expand(-1, length, -1)
+    if causal:
+        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=tokens.device), diagonal=1)
+        blocked = blocked | future
+    blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=tokens.device)
+    return blocked.repeat_interleave(heads, dim=0)
+
+
+class SequenceEncoder(nn.Module):
+    """Item + positional embeddings followed by a pre-norm transformer encoder stack."""
+
+    def __init__(self, n_tokens: int, cfg: SequenceConfig, causal: bool):
+        super().__init__()
+        self.heads, self.causal = cfg.heads, causal
+        self.item_emb = nn.Embedding(n_tokens, cfg.dim, padding_idx=PAD)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        self.emb_norm = nn.LayerNorm(cfg.dim)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        layer = nn.TransformerEncoderLayer(
+            cfg.dim, cfg.heads, dim_feedforward=4 * cfg.dim, dropout=cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        # Pre-norm blocks leave the residual stream unnormalised, hence the final LayerNorm.
+        self.blocks = nn.TransformerEncoder(layer, cfg.layers, norm=nn.LayerNorm(cfg.dim), enable_nested_tensor=False)
+        # Small init as in SASRec/BERT4Rec reference code: the item table doubles as the output layer.
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[PAD].zero_()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) tokens -> (B, L, dim) states."""
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.emb_drop(self.emb_norm(self.item_emb(tokens) + self.pos_emb(positions)))
+        return self.blocks(x, mask=attention_mask(tokens, self.heads, self.causal))
+
+    def item_table(self, n_items: int) -> torch.Tensor:
+        """Rows of the real items (tokens 1..n_items), the output embeddings."""
+        return self.item_emb.weight[1 : n_items + 1]
+
+
+def reseed_torch(rng: np.random.Generator) -> None:
+    """Dropout draws from torch's global generator; seeding it from the epoch's rng keeps runs repeatable."""
+    torch.manual_seed(int(rng.integers(2**31)))
+
+
+class SequentialBackbone(Backbone):
+    """Shared plumbing: histories -> last-position states, batched and without gradients."""
+
+    sequential = True
+    config: SequenceConfig
+
+    def encode_last(self, histories: Sequence[np.ndarray], suffix: int | None = None) -> np.ndarray:
+        """Final-position output for each history, in eval mode, `user_batch` histories at a time."""
+        was_training = self.module.training
+        self.module.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(histories), self.config.user_batch):
+                tokens = history_batch(histories[start : start + self.config.user_batch], self.config.max_len, self.device, suffix)
+                out.append(self.last_state(tokens).float().cpu().numpy())
+        self.module.train(was_training)
+        if not out:
+            return np.zeros((0, self.vector_dim()), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def last_state(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) tokens -> (B, d) user vectors; the default reads the encoder's last position."""
+        return self.module(tokens)[:, -1]
+
+    def vector_dim(self) -> int:
+        return self.config.dim

@@ -1,0 +1,214 @@
+"""The offline steps chained: data -> backbone -> sampling -> instruction set -> LoRA -> merged export.
+
+Each step writes under artifacts/<dataset>/ and is skipped when its output already exists for the
+same configuration, so a second `make tune` reuses everything (folders are keyed by a config hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from service.ranking.prompts import PromptConfig
+from training.backbone_artifacts import load_backbone, training_time_scores, write_backbone_artifacts, write_dataset_tables
+from training.data import Dataset, Split, leave_one_out, load_dataset
+from training.fsutil import atomic_folder
+from training.instructions import (
+    ExampleBuilder,
+    InstructionConfig,
+    build_examples,
+    instruction_stats,
+    read_jsonl,
+    split_users_for_validation,
+    write_jsonl,
+)
+from training.paths import Paths
+from training.sampling import sample_users
+from training.tune import PROFILES, TuneProfile, merge_adapter, thread_settings, train_lora
+
+console = Console(soft_wrap=True)
+
+
+def train_backbone(name: str, dataset: Dataset, split: Split, paths: Paths, overrides: dict | None = None, force: bool = False) -> dict:
+    from training.backbones import get_backbone
+
+    folder = paths.backbone_dir(dataset.name, name)
+    if (folder / "metrics.json").is_file() and not force:
+        console.print(f"[dim]{name}: already trained ({folder}/metrics.json), skipped[/dim]")
+        return json.loads((folder / "metrics.json").read_text())
+    cls = get_backbone(name)
+    config = cls.Config(**{**cls.Config().model_dump(), **(overrides or {})})
+    model = cls(dataset.n_users, dataset.n_items, config)
+    console.print(f"training [bold]{name}[/bold] on {model.device}: {config.model_dump()}")
+    log = model.fit(split)
+    write_dataset_tables(dataset, paths.artifacts / dataset.name)
+    report = write_backbone_artifacts(model, split, log, folder)
+    console.print(
+        f"{name}: test HR@10 {report['HR@10']:.4f} NDCG@10 {report['NDCG@10']:.4f} "
+        f"(best epoch {log.best_epoch}, {log.seconds:.0f}s) -> {folder}"
+    )
+    return report
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    dataset: str = "ml-100k"
+    data_path: Path | None = None
+    backbone: str = "lightgcn"
+    sampling: str = "adaptive"
+    profile: str = "cpu"
+    model_path: Path | None = None  # any local HF folder; default the embedded SmolLM2
+    enhancement: bool = True
+    position_shift: bool = True
+    export_dir: Path | None = None  # default artifacts/<dataset>/model
+
+    def key(self, profile: TuneProfile) -> str:
+        blob = json.dumps(
+            {"req": {k: str(v) for k, v in asdict(self).items() if k not in ("export_dir",)}, "profile": profile.model_dump()},
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Dataset, split: Split, paths: Paths, key: str) -> Path:
+    folder = paths.artifacts / dataset.name / "instructions" / key
+    if (folder / "stats.json").is_file():
+        console.print(f"[dim]instruction set {folder} exists, reused[/dim]")
+        return folder
+    backbone = load_backbone(paths.backbone_dir(dataset.name, req.backbone))
+    scores = training_time_scores(backbone, split)
+    all_users = np.arange(split.n_users)
+    eligible = np.array([u for u in all_users if len(split.liked_sequence(u)) >= 2])
+    train_users, valid_users = split_users_for_validation(eligible, profile.valid_share, profile.seed, profile.valid_users_min)
+    embeddings = backbone.user_vectors(train_users, [split.history(u, "valid") for u in train_users])
+    liked_counts = np.array([len(split.liked_sequence(u)) for u in all_users])
+    sample = sample_users(req.sampling, profile.n_draws, train_users, liked_counts, embeddings, seed=profile.seed)
+    console.print(sample.describe())
+    prompt_cfg = PromptConfig(
+        domain="book" if dataset.name == "bookcrossing" else "movie",
+        max_rating=int(dataset.scale.max_rating),
+        max_liked=profile.max_liked,
+        max_disliked=profile.max_disliked,
+        with_hints=req.enhancement,
+    )
+    builder = ExampleBuilder(split, scores, prompt_cfg, InstructionConfig(seed=profile.seed))
+    train_rows = build_examples(builder, sample.draws, shift=req.position_shift, seed=profile.seed)
+    valid_rows = build_examples(builder, valid_users, shift=False, seed=profile.seed + 1)
+    from transformers import AutoTokenizer
+
+    from training.base_model import ensure_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_base_model(paths.cache, req.model_path))
+    with atomic_folder(folder) as staging:
+        data_hash = write_jsonl(train_rows, staging / "train.jsonl")
+        write_jsonl(valid_rows, staging / "valid.jsonl")
+        stats = {
+            "train": instruction_stats(train_rows, tokenizer),
+            "valid": instruction_stats(valid_rows, tokenizer),
+            "sampling": {"method": sample.method, "draws": len(sample.draws), "distinct_users": sample.distinct, "per_cluster": sample.cluster_counts()},
+            "valid_users": len(valid_users),
+            "data_hash": data_hash,
+            "prompt_config": asdict(prompt_cfg),
+        }
+        (staging / "stats.json").write_text(json.dumps(stats, indent=2))
+    console.print(f"instruction set: {stats['train']['per_task']} train, {stats['valid']['per_task']} valid -> {folder}")
+    return folder
+
+
+def _mk(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def run_tune(req: TuneRequest, paths: Paths) -> Path:
+    thread_settings()
+    profile = PROFILES[req.profile]
+    key = req.key(profile)
+    started = time.perf_counter()
+    dataset = load_dataset(req.dataset, req.data_path, cache_dir=paths.cache)
+    split = leave_one_out(dataset)
+    console.print(f"[bold]tune[/bold] {dataset.summary()} profile={profile.name} key={key}")
+    train_backbone(req.backbone, dataset, split, paths)
+    inst_dir = build_instruction_set(req, profile, dataset, split, paths, key)
+    export_dir = req.export_dir or (paths.artifacts / dataset.name / "model")
+    manifest_file = export_dir / "manifest.json"
+    if manifest_file.is_file() and json.loads(manifest_file.read_text()).get("run_key") == key:
+        console.print(f"[dim]export {export_dir} is up to date, reused[/dim]")
+        return export_dir
+    from training.base_model import ensure_base_model
+
+    base = ensure_base_model(paths.cache, req.model_path)
+    run_dir = _mk(paths.artifacts / dataset.name / "tuning" / key)
+    train_rows = read_jsonl(inst_dir / "train.jsonl")
+    valid_rows = read_jsonl(inst_dir / "valid.jsonl")
+    t0 = time.perf_counter()
+    adapter = train_lora(base, train_rows, run_dir, profile)
+    tune_seconds = time.perf_counter() - t0
+    with atomic_folder(export_dir) as staging:
+        merge_adapter(base, adapter, staging)
+        validation = compare_on_validation(base, staging, valid_rows)
+        stats = json.loads((inst_dir / "stats.json").read_text())
+        manifest = {
+            "run_key": key,
+            "base_model": str(base),
+            "dataset": dataset.name,
+            "backbone_for_hints": req.backbone,
+            "sampling": req.sampling,
+            "enhancement": req.enhancement,
+            "position_shift": req.position_shift,
+            "profile": profile.model_dump(),
+            "prompt_config": stats["prompt_config"],
+            "data_hash": stats["data_hash"],
+            "instructions": {"train": stats["train"], "valid": stats["valid"]},
+            "git_commit": git_commit(),
+            "tune_seconds": round(tune_seconds, 1),
+            "train_log": _train_log_summary(run_dir),
+            "validation": validation,
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    console.print(f"export -> {export_dir} ({time.perf_counter() - started:.0f}s in all)")
+    console.print_json(json.dumps(manifest["validation"]))
+    return export_dir
+
+
+def _train_log_summary(run_dir: Path) -> dict:
+    log_file = run_dir / "train_log.json"
+    if not log_file.is_file():
+        return {}
+    log = json.loads(log_file.read_text())
+    losses = [e["loss"] for e in log if "loss" in e]
+    return {"first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None, "steps": max((e.get("step", 0) for e in log), default=0)}
+
+
+def compare_on_validation(base: Path, tuned: Path, valid_rows: list[dict]) -> dict:
+    """Per-task answer quality of the untuned base and the tuned model on held-out users."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.answer_eval import evaluate_answers
+
+    reports = {}
+    for name, folder in (("base", base), ("tuned", tuned)):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        reports[name] = evaluate_answers(model, AutoTokenizer.from_pretrained(folder), valid_rows)
+        del model
+    out: dict = {}
+    for metric in ("answer_loss", "pointwise_mae", "pairwise_accuracy", "listwise_hits_at_5"):
+        out[metric] = {name: getattr(r, metric) for name, r in reports.items()}
+    out["invalid_answers"] = {name: r.invalid_answers for name, r in reports.items()}
+    out["examples"] = reports["tuned"].counts
+    return out
