@@ -1,13 +1,16 @@
-# RecRanker. Two commands on a fresh machine: `make install && make backbones` (the offline
-# pipeline on the embedded defaults) and `make install && make test`.
+# RecRanker. Two commands on a fresh machine: `make install && make tune` (the offline pipeline
+# on the embedded defaults) and `make install && make test`.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATASET ?= ml-100k
 BACKBONES ?= pop mf lightgcn sgl sasrec bert4rec cl4srec
 PYTEST_ARGS ?=
+PROFILE ?= cpu
+HINT_BACKBONE ?= lightgcn
+SAMPLING ?= adaptive
 
-.PHONY: install data backbones backbone-table test test-all clean
+.PHONY: install data backbones tune test test-all lint clean
 
 $(PY):
 	python3.11 -m venv $(VENV)
@@ -28,6 +31,11 @@ data: $(PY)
 backbones: $(PY)
 	$(PY) -m training backbones --dataset $(DATASET) --names $(BACKBONES)
 
+# data -> backbone -> sampling -> instructions -> LoRA -> merged export in artifacts/$(DATASET)/model.
+# PROFILE=gpu on a GPU host; a second run reuses every cached step.
+tune: $(PY)
+	$(PY) -m training tune --dataset $(DATASET) --profile $(PROFILE) --backbone $(HINT_BACKBONE) --sampling $(SAMPLING)
+
 test: $(PY)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
@@ -36,3 +44,6 @@ test-all: $(PY)
 
 clean:
 	rm -rf artifacts reports/*.png .pytest_cache
+
+lint: $(PY)
+	$(PY) -m ruff check service training tests

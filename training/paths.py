@@ -13,7 +13,7 @@ class Paths:
     artifacts: Path
 
     @classmethod
-    def from_env(cls) -> "Paths":
+    def from_env(cls) -> Paths:
         return cls(
             cache=Path(os.environ.get("RECRANKER_CACHE_DIR", ".cache")),
             artifacts=Path(os.environ.get("RECRANKER_ARTIFACTS_DIR", "artifacts")),

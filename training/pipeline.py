@@ -173,6 +173,7 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
             "profile": profile.model_dump(),
             "prompt_config": stats["prompt_config"],
             "data_hash": stats["data_hash"],
+            "instruction_set": str(inst_dir),
             "instructions": {"train": stats["train"], "valid": stats["valid"]},
             "git_commit": git_commit(),
             "tune_seconds": round(tune_seconds, 1),
@@ -191,7 +192,14 @@ def _train_log_summary(run_dir: Path) -> dict:
         return {}
     log = json.loads(log_file.read_text())
     losses = [e["loss"] for e in log if "loss" in e]
-    return {"first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None, "steps": max((e.get("step", 0) for e in log), default=0)}
+    steps = max((e.get("step", 0) for e in log), default=0)
+    runtime = next((e["train_runtime"] for e in log if "train_runtime" in e), None)
+    return {
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "steps": steps,
+        "seconds_per_step": round(runtime / steps, 3) if runtime and steps else None,
+    }
 
 
 def compare_on_validation(base: Path, tuned: Path, valid_rows: list[dict]) -> dict:
@@ -204,6 +212,8 @@ def compare_on_validation(base: Path, tuned: Path, valid_rows: list[dict]) -> di
     reports = {}
     for name, folder in (("base", base), ("tuned", tuned)):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
         reports[name] = evaluate_answers(model, AutoTokenizer.from_pretrained(folder), valid_rows)
         del model
     out: dict = {}

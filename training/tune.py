@@ -1,7 +1,6 @@
-"""LoRA instruction tuning (peft + TRL's SFTTrainer) and the profiles it runs under.
+"""LoRA instruction tuning (peft + transformers' Trainer) and the profiles it runs under.
 
-Loss is on the answer only: examples are in TRL's prompt-completion form, for which SFTTrainer masks
-the prompt tokens. Checkpoints go to `<run>/checkpoints`; a rerun resumes from the last one.
+Loss is on the answer only: prompt tokens get the label -100. Checkpoints go to `<run>/checkpoints`; a rerun resumes from the last one.
 """
 
 from __future__ import annotations
@@ -44,9 +43,9 @@ class TuneProfile(BaseModel):
 
 PROFILES: dict[str, TuneProfile] = {
     # 2 CPU cores, under 30 minutes of tuning. Short histories keep examples near 220-330 tokens.
-    "cpu": TuneProfile(name="cpu", n_draws=600, max_liked=10, max_disliked=3, epochs=1.0, batch_size=8),
+    "cpu": TuneProfile(name="cpu", n_draws=450, max_liked=10, max_disliked=3, epochs=1.0, batch_size=8, valid_share=0.05, valid_users_min=50),
     # One or more GPUs (bf16): the paper's scale of draws and full histories.
-    "gpu": TuneProfile(name="gpu", n_draws=5000, max_liked=50, max_disliked=10, epochs=2.0, batch_size=16, learning_rate=5e-4, max_length=1024, save_steps=200),
+    "gpu": TuneProfile(name="gpu", n_draws=5000, max_liked=50, max_disliked=10, epochs=1.0, batch_size=32, learning_rate=5e-4, max_length=1024, save_steps=200),
     # For tests: a handful of steps.
     "tiny": TuneProfile(name="tiny", n_draws=12, max_liked=5, max_disliked=2, max_steps=3, batch_size=4, valid_users_min=4, valid_share=0.01, save_steps=2),
 }
@@ -57,13 +56,34 @@ def last_checkpoint(folder: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def encode_example(tokenizer, row: dict, max_length: int) -> dict:
+    """Token ids of prompt + answer with labels only on the answer (and its end-of-turn token).
+
+    The chat template renders the prompt exactly as serving sends it (generation prompt included),
+    so the model is trained on the very token sequence it is later scored on."""
+    prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("chat template renders the prompt differently inside the full conversation")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    # Keep the answer whole; cut the prompt from the left (oldest history) if too long.
+    prompt_ids = prompt_ids[-(max_length - len(answer_ids)) :]
+    ids = prompt_ids + answer_ids
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt_ids) + answer_ids}
+
+
 def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile: TuneProfile) -> Path:
-    """Tune a LoRA adapter on `train_rows`; return the folder holding the final adapter."""
+    """Tune a LoRA adapter on `train_rows`; return the folder holding the final adapter.
+
+    transformers' Trainer with our own answer-only labels: measured here, TRL's SFTTrainer took
+    8-12 s per step against 4-7 s for the same batches (it also computes entropy and token
+    accuracy over the full vocabulary every step)."""
+    import json
+
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     adapter_dir = out_dir / "adapter"
     if (adapter_dir / "adapter_config.json").is_file():
@@ -71,9 +91,17 @@ def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile:
     use_gpu = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16 if (use_gpu and profile.bf16) else torch.float32)
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in train_rows])
+    lora = LoraConfig(
+        r=profile.lora_r,
+        lora_alpha=profile.lora_alpha,
+        lora_dropout=profile.lora_dropout,
+        target_modules=profile.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    dataset = [encode_example(tokenizer, r, profile.max_length) for r in train_rows]
     ckpt_dir = out_dir / "checkpoints"
-    args = SFTConfig(
+    args = TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=profile.batch_size,
         gradient_accumulation_steps=profile.grad_accum,
@@ -82,32 +110,22 @@ def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile:
         max_steps=profile.max_steps,
         warmup_steps=profile.warmup_ratio,  # a float below 1 is a share of all steps
         lr_scheduler_type="cosine",
-        max_length=profile.max_length,
         bf16=profile.bf16,
         use_cpu=not use_gpu,
-        # Activations of a 135M model fit easily; recomputing them would cost ~30% more time.
-        gradient_checkpointing=False,
+        train_sampling_strategy="group_by_length",  # less padding: batches of similar length
         logging_steps=5,
         save_steps=profile.save_steps,
         save_total_limit=2,
         report_to=[],
         seed=profile.seed,
         dataloader_num_workers=0,
-        disable_tqdm=False,
     )
-    lora = LoraConfig(
-        r=profile.lora_r,
-        lora_alpha=profile.lora_alpha,
-        lora_dropout=profile.lora_dropout,
-        target_modules=profile.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
     resume = last_checkpoint(ckpt_dir)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    trainer.model.save_pretrained(adapter_dir)
+    model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
-    (out_dir / "train_log.json").write_text(__import__("json").dumps(trainer.state.log_history, indent=1))
+    (out_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return adapter_dir
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import synthetic_dataset
 from training.backbones import REGISTRY, get_backbone
 from training.data.split import leave_one_out
-
-from tests.conftest import synthetic_dataset
 
 
 @pytest.fixture(scope="module")

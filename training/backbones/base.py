@@ -165,7 +165,7 @@ class Backbone(ABC):
         pass
 
     @classmethod
-    def load(cls, folder: Path, device: torch.device | None = None) -> "Backbone":
+    def load(cls, folder: Path, device: torch.device | None = None) -> Backbone:
         meta = json.loads((folder / "config.json").read_text())
         model = cls(meta["n_users"], meta["n_items"], cls.Config(**meta["config"]), device=device)
         if model.module is not None:

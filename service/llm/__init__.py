@@ -1,0 +1,1 @@
+"""Talking to the LLM: the vLLM OpenAI-compatible server and how to start one locally."""

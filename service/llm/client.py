@@ -1,0 +1,81 @@
+"""Async client for vLLM's OpenAI-compatible server: next-token log-probabilities and short
+generations for chat prompts, over one pooled HTTP connection set.
+
+Chat messages go to `/v1/chat/completions`, so the server renders the model's own chat template;
+identical leading messages render to identical leading tokens, which is what prefix caching reuses.
+Concurrency is capped by a semaphore so one large request cannot flood the engine's queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+
+import httpx
+
+
+class LLMError(Exception):
+    """The LLM did not give a usable answer: unreachable, timed out, HTTP error or malformed reply."""
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    base_url: str = "http://127.0.0.1:8000"
+    model: str = "recranker"
+    timeout_s: float = 30.0
+    max_concurrency: int = 64
+    top_logprobs: int = 20
+    max_connections: int = 64
+
+
+class VLLMClient:
+    def __init__(self, settings: LLMSettings, http: httpx.AsyncClient | None = None):
+        self.settings = settings
+        self._http = http or httpx.AsyncClient(
+            base_url=settings.base_url,
+            timeout=settings.timeout_s,
+            limits=httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections),
+        )
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+
+    async def _chat(self, payload: dict) -> dict:
+        body = {"model": self.settings.model, "temperature": 0.0, **payload}
+        async with self._slots:
+            try:
+                resp = await self._http.post("/v1/chat/completions", json=body)
+            except httpx.HTTPError as exc:
+                raise LLMError(f"{type(exc).__name__}: {exc}") from exc
+        if resp.status_code != 200:
+            raise LLMError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        try:
+            return resp.json()["choices"][0]
+        except (ValueError, KeyError, IndexError) as exc:
+            raise LLMError(f"malformed reply: {resp.text[:200]}") from exc
+
+    async def next_token_logprobs(self, messages: list[dict[str, str]]) -> dict[str, float]:
+        """{token text: logprob} for the top candidates of the first answer token."""
+        choice = await self._chat(
+            {"messages": messages, "max_tokens": 1, "logprobs": True, "top_logprobs": self.settings.top_logprobs}
+        )
+        try:
+            first = choice["logprobs"]["content"][0]
+            return {t["token"]: float(t["logprob"]) for t in first["top_logprobs"] if t["logprob"] is not None and not math.isnan(t["logprob"])}
+        except (KeyError, IndexError, TypeError) as exc:
+            raise LLMError("reply has no logprobs") from exc
+
+    async def generate(self, messages: list[dict[str, str]], max_tokens: int = 16, **extra) -> str:
+        choice = await self._chat({"messages": messages, "max_tokens": max_tokens, **extra})
+        content = (choice.get("message") or {}).get("content")
+        if content is None:
+            raise LLMError("reply has no content")
+        return content
+
+    async def healthy(self) -> bool:
+        try:
+            return (await self._http.get("/health", timeout=2.0)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

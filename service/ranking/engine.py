@@ -1,0 +1,191 @@
+"""The ranking engine: score one user's backbone candidates with the three LLM tasks and fuse them.
+
+All prompts of a request go out at once (asyncio.gather) and share the user's prompt prefix, so the
+serving engine's prefix cache computes it once. Every task has to finish within the request's
+deadline; a task that misses it, or whose LLM call fails, is dropped from the fusion and reported.
+Individual malformed answers are repaired (missing items keep backbone order) and counted, never
+silently neutral. The engine knows the LLM only through the small `LLM` protocol below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from service.ranking.fusion import (
+    DEFAULT_WEIGHTS,
+    LISTWISE,
+    PAIRWISE,
+    POINTWISE,
+    TASKS,
+    hybrid_scores,
+    listwise_utility,
+    pairwise_utility,
+    pointwise_utility,
+    rank_by,
+)
+from service.ranking.prompts import Candidate, PromptConfig, UserProfile, listwise_prompt, pairwise_prompt, pointwise_prompt
+from service.ranking.scoring import expected_rating, letter_probabilities, parse_listwise, yes_probability
+
+
+class LLM(Protocol):
+    async def next_token_logprobs(self, messages: list[dict[str, str]]) -> dict[str, float]: ...
+
+    async def generate(self, messages: list[dict[str, str]], max_tokens: int = 16, **extra) -> str: ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    soft_pairwise: bool = False
+    # "logprobs": one token, utility = P(first answer letter = candidate) renormalised over the
+    # candidates' letters; "generate": the full answer, parsed, utility m - position.
+    listwise_mode: str = "logprobs"
+    listwise_max_tokens: int = 24
+
+
+@dataclass
+class TaskOutcome:
+    task: str
+    utility: np.ndarray | None = None  # None when the task was dropped
+    prompts: int = 0
+    invalid_answers: int = 0  # answers that needed repair
+    seconds: float = 0.0
+    error: str | None = None  # why the task was dropped: "deadline" or the LLM error
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class EngineResult:
+    order: list[int]  # candidate indices, best first
+    scores: np.ndarray  # fused score per candidate (backbone order when every task was dropped)
+    outcomes: dict[str, TaskOutcome]
+
+    @property
+    def utilities(self) -> dict[str, np.ndarray]:
+        return {t: o.utility for t, o in self.outcomes.items() if o.utility is not None}
+
+    @property
+    def dropped(self) -> dict[str, str]:
+        return {t: o.error for t, o in self.outcomes.items() if o.error is not None}
+
+
+def disjoint_pairs(m: int, seed: int) -> list[tuple[int, int]]:
+    """m // 2 random disjoint pairs (PAPER.md); each is later asked in both orders."""
+    order = list(range(m))
+    random.Random(seed).shuffle(order)
+    return [(order[k], order[k + 1]) for k in range(0, m - 1, 2)]
+
+
+def seed_for(user_key: str) -> int:
+    """A stable per-user seed, so the same request gives the same pairs (and the same answer)."""
+    return zlib.crc32(user_key.encode())
+
+
+class RankingEngine:
+    def __init__(self, llm: LLM, config: EngineConfig | None = None):
+        self.llm = llm
+        self.config = config or EngineConfig()
+
+    async def _pointwise(self, user: UserProfile, cands: Sequence[Candidate], out: TaskOutcome) -> None:
+        prompts = [pointwise_prompt(user, c, self.config.prompt, n_candidates=len(cands)) for c in cands]
+        out.prompts = len(prompts)
+        answers = await asyncio.gather(*(self.llm.next_token_logprobs(p.messages) for p in prompts))
+        ratings = []
+        for lp in answers:
+            score = expected_rating(lp, self.config.prompt.max_rating)
+            ratings.append(score.value if score.valid else None)
+        util = pointwise_utility(ratings)
+        out.utility, out.invalid_answers = util.values, util.n_repaired
+        out.detail = {"expected_rating": [None if r is None else round(r, 4) for r in ratings]}
+
+    async def _pairwise(self, user: UserProfile, cands: Sequence[Candidate], seed: int, out: TaskOutcome) -> None:
+        pairs = disjoint_pairs(len(cands), seed)
+        asks = [(i, j) for a, b in pairs for i, j in ((a, b), (b, a))]
+        prompts = [pairwise_prompt(user, cands[i], cands[j], self.config.prompt) for i, j in asks]
+        out.prompts = len(prompts)
+        answers = await asyncio.gather(*(self.llm.next_token_logprobs(p.messages) for p in prompts))
+        probs = {}
+        for (i, j), lp in zip(asks, answers):
+            score = yes_probability(lp)
+            probs[(i, j)] = score.value if score.valid else None
+        results = [(a, b, probs[(a, b)], probs[(b, a)]) for a, b in pairs]
+        util = pairwise_utility(len(cands), results, soft=self.config.soft_pairwise)
+        out.utility, out.invalid_answers = util.values, util.n_invalid
+        out.detail = {"pairs": [[a, b, pa, pb] for a, b, pa, pb in results], "disagreements": util.n_disagree}
+
+    async def _listwise(self, user: UserProfile, cands: Sequence[Candidate], out: TaskOutcome) -> None:
+        prompt = listwise_prompt(user, cands, self.config.prompt)
+        out.prompts = 1
+        if self.config.listwise_mode == "logprobs":
+            probs = letter_probabilities(await self.llm.next_token_logprobs(prompt.messages), len(cands))
+            mass = sum(probs.values())
+            utility = np.zeros(len(cands))
+            for pos, p in probs.items():
+                utility[prompt.candidate_order[pos]] = p / mass
+            out.utility, out.invalid_answers = utility, int(mass <= 0)
+            out.detail = {"letter_mass": round(mass, 4)}
+            return
+        text = await self.llm.generate(prompt.messages, max_tokens=self.config.listwise_max_tokens)
+        top = min(self.config.prompt.listwise_top, len(cands))
+        parsed = parse_listwise(text, len(cands), top)
+        ranked = [prompt.candidate_order[p] for p in parsed.positions]
+        # Missing items get utility 0 and so keep backbone order among themselves after fusion.
+        out.utility = listwise_utility(len(cands), ranked)
+        out.invalid_answers = int(not parsed.well_formed)
+        out.detail = {"answer": text[:80], "ranked": ranked}
+
+    async def rank(
+        self,
+        user: UserProfile,
+        candidates: Sequence[Candidate],
+        *,
+        tasks: Sequence[str] = TASKS,
+        deadline_s: float | None = None,
+        seed: int = 0,
+        weights: dict[str, float] | None = None,
+    ) -> EngineResult:
+        """Candidates must be in backbone order (index 0 = the backbone's best)."""
+        m = len(candidates)
+        outcomes = {t: TaskOutcome(task=t) for t in tasks}
+        runners = {
+            POINTWISE: lambda o: self._pointwise(user, candidates, o),
+            PAIRWISE: lambda o: self._pairwise(user, candidates, seed, o),
+            LISTWISE: lambda o: self._listwise(user, candidates, o),
+        }
+
+        async def timed(task: str) -> None:
+            start = time.perf_counter()
+            try:
+                await runners[task](outcomes[task])
+            finally:
+                outcomes[task].seconds = time.perf_counter() - start
+
+        jobs = {t: asyncio.ensure_future(timed(t)) for t in tasks}
+        if jobs:
+            done, pending = await asyncio.wait(jobs.values(), timeout=deadline_s)
+            for job in pending:
+                job.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task, job in jobs.items():
+            out = outcomes[task]
+            if job.cancelled():
+                out.error, out.utility = "deadline", None
+            elif job.exception() is not None:
+                out.error, out.utility = f"{type(job.exception()).__name__}: {job.exception()}", None
+        utilities = {t: o.utility for t, o in outcomes.items() if o.utility is not None}
+        if utilities:
+            scores = hybrid_scores(utilities, {t: w for t, w in (weights or self.config.weights).items() if t in utilities})
+        else:
+            scores = np.asarray([m - i for i in range(m)], dtype=float)  # backbone order
+        scores = np.where(np.isfinite(scores), scores, -math.inf)
+        return EngineResult(order=rank_by(scores), scores=scores, outcomes=outcomes)

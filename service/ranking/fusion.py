@@ -1,0 +1,548 @@
+"""Fusion: turn the three task answers into one ranking of a user's m backbone candidates.
+
+Candidates are indexed 0..m-1 in backbone order (index 0 is the backbone's best), and every function
+here keeps that convention, so "backbone rank" and "candidate index" are the same number.
+
+Two fusions:
+- `hybrid_scores`: the paper's fixed-weight sum  U = sum_t a_t * norm(U_t)  over the tasks run;
+- `LearnedFusion`: LightGBM LambdaRank over the task utilities, the backbone's score and rank and any
+  conventional features, with a guard that falls back to backbone order when cross-validation says the
+  learned ranking does not beat it.
+
+Apart from `LearnedFusion.save` / `load` (explicit paths, the caller's choice) nothing here does I/O;
+the only imports beyond the standard library are numpy and lightgbm.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+
+POINTWISE, PAIRWISE, LISTWISE = "pointwise", "pairwise", "listwise"
+TASKS = (POINTWISE, PAIRWISE, LISTWISE)
+DEFAULT_WEIGHTS: Mapping[str, float] = {POINTWISE: 1 / 3, PAIRWISE: 1 / 3, LISTWISE: 1 / 3}
+BACKBONE_SCORE, BACKBONE_RANK = "backbone_score", "backbone_rank"
+SIDECAR_SUFFIX = ".json"
+FORMAT_VERSION = 1
+
+
+def _is_valid(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-task utilities
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class PointwiseUtility:
+    values: np.ndarray  # (m,) U_point per candidate, repaired entries included
+    repaired: np.ndarray  # (m,) bool, True where the answer was missing/invalid
+    n_repaired: int
+
+
+def pointwise_utility(
+    expected_ratings: Sequence[float | None],
+    *,
+    min_rating: float = 1.0,
+    rank_prior: float = 0.0,
+    fallback_gap: float = 0.1,
+) -> PointwiseUtility:
+    """U_point(i) = r_i + rank_prior * (m - i) / m, with r_i the expected rating of candidate i.
+
+    `rank_prior` is the paper code's small bonus for the backbone rank (0 here by default: the pure
+    formula). A missing answer (None, NaN or inf) is repaired, never treated as neutral:
+        floor      = min(min_rating, lowest valid U_point of this user)   (min_rating if none valid)
+        U_point(i) = floor - fallback_gap * (i + 1) / m
+    so every repaired candidate sits just below every answered one (within `fallback_gap`, so the
+    per-user min-max normalisation of the answered ones is barely squeezed) and the repaired ones
+    keep backbone order among themselves. If no answer is valid the utility is backbone order.
+    """
+    m = len(expected_ratings)
+    ranks = np.arange(m, dtype=np.float64)
+    valid = np.array([_is_valid(r) for r in expected_ratings], dtype=bool)
+    values = np.full(m, np.nan)
+    if valid.any():
+        ratings = np.array([float(r) for r, ok in zip(expected_ratings, valid, strict=True) if ok])
+        values[valid] = ratings + rank_prior * (m - ranks[valid]) / m
+    floor = min(min_rating, float(values[valid].min())) if valid.any() else min_rating
+    values[~valid] = floor - fallback_gap * (ranks[~valid] + 1) / max(m, 1)
+    return PointwiseUtility(values=values, repaired=~valid, n_repaired=int((~valid).sum()))
+
+
+@dataclass(frozen=True, eq=False)
+class PairwiseUtility:
+    values: np.ndarray  # (m,) U_pair per candidate
+    comparisons: np.ndarray  # (m,) number of pairs each candidate took part in
+    n_invalid: int  # pairs with a missing answer in either order (each side got 0.5)
+    n_disagree: int  # hard mode: valid pairs whose two orders disagreed (each side got 0.5)
+
+
+def pairwise_utility(
+    m: int,
+    pair_results: Sequence[tuple[int, int, float | None, float | None]],
+    *,
+    soft: bool = False,
+    average: bool = False,
+) -> PairwiseUtility:
+    """U_pair(i) = sum over i's pairs of its win credit; each pair hands out exactly 1 in total.
+
+    A pair is (i, j, p_ij, p_ji): p_ij = P(Yes) to "prefer i over j?" asked with i as A, p_ji the
+    same question with j as A. Hard credit (the paper's):
+        p_ij > 0.5 and p_ji < 0.5  ->  i gets 1, j gets 0     (both orders say i)
+        p_ij < 0.5 and p_ji > 0.5  ->  j gets 1, i gets 0     (both orders say j)
+        otherwise (disagreement, or an exact 0.5)  ->  0.5 each
+    Soft credit (`soft=True`): i gets (p_ij + 1 - p_ji) / 2, j gets 1 minus that.
+    A missing answer in either order (None, NaN, outside [0, 1]) -> 0.5 each, counted in n_invalid.
+    Candidates in no pair get 0. With `average=True` the credit is divided by the number of pairs
+    the candidate took part in (a win rate) and candidates in no pair get 0.5; the paper's m/2
+    disjoint pairs give every candidate one pair, where both modes rank alike.
+    """
+    wins = np.zeros(m)
+    comparisons = np.zeros(m, dtype=np.int64)
+    n_invalid = n_disagree = 0
+    for i, j, p_ij, p_ji in pair_results:
+        if not (0 <= i < m and 0 <= j < m) or i == j:
+            raise ValueError(f"pair ({i}, {j}) is not two distinct candidates of {m}")
+        comparisons[i] += 1
+        comparisons[j] += 1
+        if not (_is_valid(p_ij) and _is_valid(p_ji) and 0 <= p_ij <= 1 and 0 <= p_ji <= 1):
+            n_invalid += 1
+            credit_i = 0.5
+        elif soft:
+            credit_i = (p_ij + 1.0 - p_ji) / 2.0
+        elif p_ij > 0.5 and p_ji < 0.5:
+            credit_i = 1.0
+        elif p_ij < 0.5 and p_ji > 0.5:
+            credit_i = 0.0
+        else:
+            n_disagree += 1
+            credit_i = 0.5
+        wins[i] += credit_i
+        wins[j] += 1.0 - credit_i
+    if average:
+        wins = np.where(comparisons > 0, wins / np.maximum(comparisons, 1), 0.5)
+    return PairwiseUtility(values=wins, comparisons=comparisons, n_invalid=n_invalid, n_disagree=n_disagree)
+
+
+def listwise_utility(m: int, ranked_positions: Sequence[int]) -> np.ndarray:
+    """U_list(i) = m - p(i), p(i) the 0-based position of candidate i in the returned list (the
+    first gets m, the second m - 1, ...); 0 for a candidate missing from the list.
+
+    `ranked_positions` are candidate indices, best first, already parsed and deduplicated
+    (`scoring.parse_listwise`); an out-of-range or repeated index is a caller bug and raises.
+    """
+    if len(set(ranked_positions)) != len(ranked_positions):
+        raise ValueError(f"repeated candidate in {list(ranked_positions)}")
+    values = np.zeros(m)
+    for position, candidate in enumerate(ranked_positions):
+        if not 0 <= candidate < m:
+            raise ValueError(f"candidate {candidate} is not one of {m}")
+        values[candidate] = m - position
+    return values
+
+
+@dataclass(frozen=True)
+class ListwiseRepair:
+    positions: list[int]  # complete list: the model's valid picks, then backbone order
+    repaired: bool  # True when anything was appended, dropped or truncated
+
+
+def repair_listwise(m: int, ranked_positions: Sequence[int], top: int | None = None) -> ListwiseRepair:
+    """Make a listwise answer complete: keep the model's picks (in range, first occurrence, at most
+    `top`), then append the candidates it did not name in backbone order (index order) until the
+    list has min(top, m) entries (`top=None`: all m). `repaired` says whether the answer changed.
+    """
+    want = m if top is None else min(top, m)
+    kept: list[int] = []
+    for candidate in ranked_positions:
+        if 0 <= candidate < m and candidate not in kept and len(kept) < want:
+            kept.append(candidate)
+    unchanged = kept == list(ranked_positions) and len(kept) == want
+    listed = set(kept)
+    for candidate in range(m):
+        if len(kept) >= want:
+            break
+        if candidate not in listed:
+            kept.append(candidate)
+    return ListwiseRepair(positions=kept, repaired=not unchanged)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixed-weight hybrid
+# --------------------------------------------------------------------------------------------------
+
+
+def minmax_normalise(values: np.ndarray) -> np.ndarray:
+    """norm(u)_i = (u_i - min u) / (max u - min u) over one user's candidates, in [0, 1].
+
+    Min-max within the user puts ratings (1..5), pairwise wins (0..#pairs) and listwise points
+    (0..m) on one scale and keeps each task's order, so a weight a_t means the same for every user.
+    A constant vector carries no ranking information and maps to 0; non-finite entries map to 0
+    and the min and max are taken over the finite ones.
+    """
+    u = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(u)
+    out = np.zeros_like(u)
+    if not finite.any():
+        return out
+    lo, hi = float(u[finite].min()), float(u[finite].max())
+    if hi > lo:
+        out[finite] = (u[finite] - lo) / (hi - lo)
+    return out
+
+
+def hybrid_scores(utilities: Mapping[str, np.ndarray], weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """U(i) = sum over the tasks t in `utilities` of a_t * norm(U_t)(i), norm = `minmax_normalise`.
+
+    Only the tasks present are summed (a subset such as pointwise + listwise is fine); `weights`
+    (default 1/3 each, as in the paper's figure) may name tasks that are absent, but every task
+    present needs a weight. The weights are not renormalised: that would not change the order.
+    Ties are left in the scores; `rank_by` breaks them by backbone order.
+    """
+    weights = DEFAULT_WEIGHTS if weights is None else weights
+    if not utilities:
+        raise ValueError("no task utilities to fuse")
+    lengths = {len(u) for u in utilities.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"task utilities differ in length: {sorted(lengths)}")
+    total = np.zeros(lengths.pop())
+    for task, u in utilities.items():
+        if task not in weights:
+            raise ValueError(f"no weight for task {task!r}")
+        total += weights[task] * minmax_normalise(np.asarray(u, dtype=np.float64))
+    return total
+
+
+def rank_by(scores: np.ndarray) -> list[int]:
+    """Candidate indices best first: descending score, ties by backbone order (lower index first);
+    NaN counts as the lowest score."""
+    s = np.asarray(scores, dtype=np.float64)
+    s = np.where(np.isnan(s), -np.inf, s)
+    return [int(i) for i in np.lexsort((np.arange(s.size), -s))]
+
+
+# --------------------------------------------------------------------------------------------------
+# Features for the learned fusion
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class FusionFeatures:
+    """One user's candidate rows (backbone order) and the column names, in column order."""
+
+    values: np.ndarray  # (m, d) float64, NaN where a feature is unknown
+    names: tuple[str, ...]
+
+    @property
+    def m(self) -> int:
+        return int(self.values.shape[0])
+
+    def column(self, name: str) -> np.ndarray:
+        return self.values[:, self.names.index(name)]
+
+
+def feature_matrix(
+    m: int,
+    *,
+    pointwise: np.ndarray | None = None,
+    pairwise: np.ndarray | None = None,
+    listwise: np.ndarray | None = None,
+    backbone_scores: np.ndarray | None = None,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> FusionFeatures:
+    """Rows = candidates 0..m-1; columns, in this order:
+        pointwise, pairwise, listwise   raw task utilities (all NaN when the task was not run;
+                                        NaN entries allowed), not normalised: trees split on values
+        backbone_score                  the backbone's score (NaN if unknown)
+        backbone_rank                   0-based backbone rank = candidate index, always present so a
+                                        learned model can always fall back on the backbone
+        *extra                          conventional features (popularity, other backbones, genre
+                                        overlap, ...) in the mapping's order
+    """
+    columns: dict[str, np.ndarray] = {}
+    for name, col in ((POINTWISE, pointwise), (PAIRWISE, pairwise), (LISTWISE, listwise), (BACKBONE_SCORE, backbone_scores)):
+        columns[name] = np.full(m, np.nan) if col is None else np.asarray(col, dtype=np.float64)
+    columns[BACKBONE_RANK] = np.arange(m, dtype=np.float64)
+    for name, col in (extra or {}).items():
+        if name in columns:
+            raise ValueError(f"extra feature {name!r} clashes with a built-in one")
+        columns[name] = np.asarray(col, dtype=np.float64)
+    for name, col in columns.items():
+        if col.shape != (m,):
+            raise ValueError(f"feature {name!r} has shape {col.shape}, expected ({m},)")
+    return FusionFeatures(values=np.column_stack(list(columns.values())).reshape(m, len(columns)), names=tuple(columns))
+
+
+@dataclass(frozen=True, eq=False)
+class UserGroup:
+    """One user's training/evaluation group: features and labels (1 = the held-out item)."""
+
+    features: FusionFeatures
+    labels: np.ndarray  # (m,) int
+
+    @classmethod
+    def with_relevant(cls, features: FusionFeatures, relevant: int | None) -> UserGroup:
+        """Label 1 for candidate `relevant`, 0 for the rest; None when the held-out item is not
+        among the candidates (every ranking then scores 0 for this user)."""
+        labels = np.zeros(features.m, dtype=np.int64)
+        if relevant is not None:
+            labels[relevant] = 1
+        return cls(features=features, labels=labels)
+
+
+def _ndcg(order: Sequence[int], labels: np.ndarray, k: int) -> float:
+    """NDCG@k with binary gains: sum_{p<k, rel} 1/log2(p+2) / IDCG@k (0 if no relevant item).
+    Same formula as training.metrics.ndcg_at_k, repeated here to keep the core self-contained."""
+    n_rel = int((labels > 0).sum())
+    if n_rel == 0:
+        return 0.0
+    dcg = sum(1.0 / math.log2(p + 2) for p, c in enumerate(order[:k]) if labels[c] > 0)
+    idcg = sum(1.0 / math.log2(p + 2) for p in range(min(k, n_rel)))
+    return dcg / idcg
+
+
+def backbone_scores_of(features: FusionFeatures) -> np.ndarray:
+    """Scores that rank candidates in backbone order: m - backbone_rank."""
+    return features.m - features.column(BACKBONE_RANK)
+
+
+def hybrid_scores_of(features: FusionFeatures, weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """`hybrid_scores` over the task columns of `features` that are not all NaN."""
+    utilities = {
+        t: features.column(t) for t in TASKS if t in features.names and not np.isnan(features.column(t)).all()
+    }
+    return hybrid_scores(utilities, weights) if utilities else np.zeros(features.m)
+
+
+# --------------------------------------------------------------------------------------------------
+# Learned fusion
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LearnedFusionConfig:
+    """LambdaRank settings, kept small on purpose: few shallow trees, many rows per leaf, so a weak
+    feature cannot be fitted to noise. `guard*` control the fall-back to backbone order."""
+
+    n_estimators: int = 50
+    learning_rate: float = 0.05
+    num_leaves: int = 7
+    min_child_samples: int = 50
+    reg_lambda: float = 1.0
+    colsample_bytree: float = 1.0
+    n_jobs: int = 1
+    seed: int = 0
+    guard: bool = True
+    guard_folds: int = 5
+    guard_k: int = 10
+    hybrid_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+
+    def lgbm_params(self) -> dict[str, object]:
+        return {
+            "objective": "lambdarank",
+            "n_estimators": self.n_estimators,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "reg_lambda": self.reg_lambda,
+            "colsample_bytree": self.colsample_bytree,
+            "n_jobs": self.n_jobs,
+            "random_state": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbose": -1,
+        }
+
+
+@dataclass(frozen=True)
+class CVReport:
+    """Mean NDCG@k over the users of the held-out folds (each user held out exactly once).
+
+    `learned` is the raw LambdaRank model, `guarded` the model with the guard as `fit` applies it
+    (decided by an inner cross-validation on the training folds only, so it is an honest estimate),
+    `hybrid` the fixed-weight sum, `backbone` the backbone order. `fallback_folds` counts the outer
+    folds whose guard chose backbone order. Per-fold means are kept for inspection.
+    """
+
+    k: int
+    folds: int
+    learned: float
+    guarded: float
+    hybrid: float
+    backbone: float
+    fallback_folds: int
+    per_fold: list[dict[str, float]]
+
+
+def _stack(groups: Sequence[UserGroup]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    x = np.vstack([g.features.values for g in groups])
+    y = np.concatenate([g.labels for g in groups]).astype(np.int64)
+    return x, y, [g.features.m for g in groups]
+
+
+def _user_folds(n_users: int, folds: int, seed: int) -> list[np.ndarray]:
+    if not 2 <= folds <= n_users:
+        raise ValueError(f"need 2 <= folds <= users, got folds={folds}, users={n_users}")
+    order = np.random.default_rng(seed).permutation(n_users)
+    return np.array_split(order, folds)
+
+
+class LearnedFusion:
+    """LightGBM LambdaRank over `FusionFeatures`, one query group per user.
+
+    `fit` trains on all groups. With `config.guard` it first cross-validates (folds split by user)
+    and, if the learned NDCG@guard_k is below the backbone's, sets `fallback_ = True`: `predict`
+    then returns backbone-order scores (m - backbone_rank) instead of the model's. The model is
+    still trained and saved, so the decision can be inspected and revisited. `guard_report_` holds
+    that cross-validation (its models are unguarded, so there `guarded` equals `learned`). The guard
+    compares on the same folds it decides on, so it is slightly optimistic; `cross_validated_ndcg`
+    gives the honest estimate of the guarded model (`CVReport.guarded`).
+    Learned state lives in attributes ending in `_`.
+    """
+
+    def __init__(self, config: LearnedFusionConfig | None = None) -> None:
+        self.config = config or LearnedFusionConfig()
+        self.booster_: lgb.Booster | None = None
+        self.feature_names_: tuple[str, ...] | None = None
+        self.fallback_: bool = False
+        self.guard_report_: CVReport | None = None
+
+    # -- training --------------------------------------------------------------------------------
+
+    def _train(self, groups: Sequence[UserGroup]) -> lgb.Booster:
+        x, y, sizes = _stack(groups)
+        ranker = lgb.LGBMRanker(**self.config.lgbm_params())
+        ranker.fit(x, y, group=sizes, feature_name=list(self.feature_names_ or ()))
+        return ranker.booster_
+
+    def fit(self, groups: Sequence[UserGroup]) -> LearnedFusion:
+        if not groups:
+            raise ValueError("no groups to fit")
+        names = groups[0].features.names
+        if any(g.features.names != names for g in groups):
+            raise ValueError("all groups must have the same feature names in the same order")
+        if BACKBONE_RANK not in names:
+            raise ValueError(f"features must include {BACKBONE_RANK!r}")
+        self.feature_names_ = names
+        self.fallback_ = False
+        self.guard_report_ = None
+        if self.config.guard:
+            inner = LearnedFusion(self._unguarded_config())
+            report = inner.cross_validated_ndcg(groups, folds=self.config.guard_folds, k=self.config.guard_k)
+            self.guard_report_ = report
+            self.fallback_ = report.learned < report.backbone
+        self.booster_ = self._train(groups)
+        return self
+
+    def _unguarded_config(self) -> LearnedFusionConfig:
+        return LearnedFusionConfig(**{**asdict(self.config), "guard": False})
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def model_scores(self, features: FusionFeatures) -> np.ndarray:
+        """The LambdaRank model's scores, guard ignored."""
+        if self.booster_ is None or self.feature_names_ is None:
+            raise RuntimeError("LearnedFusion is not fitted")
+        if features.names != self.feature_names_:
+            raise ValueError(f"feature names {features.names} differ from the fitted {self.feature_names_}")
+        return self.model_scores_rows(features.values)
+
+    def model_scores_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The model's scores for stacked rows already in `feature_names_` order (batch scoring)."""
+        if self.booster_ is None:
+            raise RuntimeError("LearnedFusion is not fitted")
+        return np.asarray(self.booster_.predict(rows), dtype=np.float64)
+
+    def predict(self, features: FusionFeatures) -> np.ndarray:
+        """Scores, higher is better: the model's, or backbone order when the guard fell back."""
+        if self.fallback_:
+            if self.feature_names_ is not None and features.names != self.feature_names_:
+                raise ValueError(f"feature names {features.names} differ from the fitted {self.feature_names_}")
+            return backbone_scores_of(features)
+        return self.model_scores(features)
+
+    def rank(self, features: FusionFeatures) -> list[int]:
+        return rank_by(self.predict(features))
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def cross_validated_ndcg(self, groups: Sequence[UserGroup], folds: int = 5, k: int = 10) -> CVReport:
+        """K-fold cross-validation split by user (seeded by config.seed); does not change `self`.
+
+        For each fold a fresh model with this config is fitted on the other folds (including its
+        own guard when config.guard, decided on those folds only) and every held-out user's
+        ranking is scored with NDCG@k, next to the hybrid's and the backbone's on the same users.
+        """
+        per_fold: list[dict[str, float]] = []
+        sums = {"learned": 0.0, "guarded": 0.0, "hybrid": 0.0, "backbone": 0.0}
+        fallback_folds = 0
+        for test_idx in _user_folds(len(groups), folds, self.config.seed):
+            test = {int(i) for i in test_idx}
+            train = [g for i, g in enumerate(groups) if i not in test]
+            held_out = [groups[int(i)] for i in test_idx]
+            model = LearnedFusion(self.config).fit(train)
+            fallback_folds += int(model.fallback_)
+            # one booster call for the whole fold (per-call overhead dominates on small groups)
+            x, _, sizes = _stack(held_out)
+            learned = np.split(model.model_scores_rows(x), np.cumsum(sizes)[:-1])
+            fold = dict.fromkeys(sums, 0.0)
+            for g, s in zip(held_out, learned, strict=True):
+                backbone = backbone_scores_of(g.features)
+                fold["learned"] += _ndcg(rank_by(s), g.labels, k)
+                fold["guarded"] += _ndcg(rank_by(backbone if model.fallback_ else s), g.labels, k)
+                fold["hybrid"] += _ndcg(rank_by(hybrid_scores_of(g.features, self.config.hybrid_weights)), g.labels, k)
+                fold["backbone"] += _ndcg(rank_by(backbone), g.labels, k)
+            for key in sums:
+                sums[key] += fold[key]
+            per_fold.append({key: v / len(held_out) for key, v in fold.items()})
+        n = len(groups)
+        return CVReport(
+            k=k,
+            folds=folds,
+            learned=sums["learned"] / n,
+            guarded=sums["guarded"] / n,
+            hybrid=sums["hybrid"] / n,
+            backbone=sums["backbone"] / n,
+            fallback_folds=fallback_folds,
+            per_fold=per_fold,
+        )
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """LightGBM's text model at `path`, and `path` + ".json" with the feature names, the config,
+        the guard decision and its report."""
+        if self.booster_ is None:
+            raise RuntimeError("LearnedFusion is not fitted")
+        path = Path(path)
+        self.booster_.save_model(str(path))
+        sidecar = {
+            "format_version": FORMAT_VERSION,
+            "feature_names": list(self.feature_names_ or ()),
+            "config": asdict(self.config),
+            "fallback": self.fallback_,
+            "guard_report": asdict(self.guard_report_) if self.guard_report_ else None,
+        }
+        Path(str(path) + SIDECAR_SUFFIX).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LearnedFusion:
+        path = Path(path)
+        sidecar = json.loads(Path(str(path) + SIDECAR_SUFFIX).read_text())
+        if sidecar.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported fusion model format {sidecar.get('format_version')!r}")
+        fusion = cls(LearnedFusionConfig(**sidecar["config"]))
+        fusion.booster_ = lgb.Booster(model_file=str(path))
+        fusion.feature_names_ = tuple(sidecar["feature_names"])
+        fusion.fallback_ = bool(sidecar["fallback"])
+        report = sidecar.get("guard_report")
+        fusion.guard_report_ = CVReport(**report) if report else None
+        return fusion

@@ -1,0 +1,50 @@
+"""A tiny end-to-end tuning run: its merged export loads in a real vLLM (CPU) server and answers a
+pointwise prompt with a rating digit scored from logprobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+from transformers import AutoTokenizer
+
+from service.ranking.scoring import expected_rating
+from tests.conftest import CACHE
+from tests.integration.conftest import TINY
+from training.instructions import read_jsonl
+from training.paths import Paths
+from training.pipeline import run_tune
+
+
+def test_export_is_a_complete_model_folder_with_a_manifest(tiny_export):
+    names = {p.name for p in tiny_export.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "manifest.json"} <= names
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    assert manifest["sampling"] == "uniform" and manifest["profile"]["name"] == "tiny"
+    assert len(manifest["data_hash"]) == 64
+    for metric in ("answer_loss", "pointwise_mae", "pairwise_accuracy", "listwise_hits_at_5"):
+        assert set(manifest["validation"][metric]) == {"base", "tuned"}
+
+
+def test_second_run_reuses_the_export(tiny_export, tiny_artifacts):
+    before = (tiny_export / "model.safetensors").stat().st_mtime_ns
+    again = run_tune(TINY, Paths(cache=CACHE, artifacts=tiny_artifacts))
+    assert again == tiny_export and (tiny_export / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_vllm_serves_the_export_and_answers_a_pointwise_prompt_with_a_digit(tiny_export, vllm_tiny):
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    rows = read_jsonl(Path(manifest["instruction_set"]) / "valid.jsonl")
+    row = next(r for r in rows if r["task"] == "pointwise")
+    prompt = AutoTokenizer.from_pretrained(tiny_export).apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    resp = httpx.post(
+        f"{vllm_tiny.base_url}/v1/completions",
+        json={"model": vllm_tiny.served_name, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5},
+        timeout=120,
+    )
+    assert resp.status_code == 200, resp.text
+    choice = resp.json()["choices"][0]
+    assert choice["text"].strip() in {"1", "2", "3", "4", "5"}
+    score = expected_rating(choice["logprobs"]["top_logprobs"][0])
+    assert score.valid and 1.0 <= score.value <= 5.0
