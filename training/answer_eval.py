@@ -95,6 +95,25 @@ def evaluate_answers(model, tokenizer, rows: list[dict], batch_size: int = 8, ma
     )
 
 
+def reference_scores(valid_rows: list[dict], train_rows: list[dict]) -> dict:
+    """What a model gets without reading anything but the hint (or the label distribution): the
+    bar to clear for the LLM to add something of its own.
+      pointwise_mae of the training labels' median rating; pairwise_accuracy and listwise_hits_at_5
+      of simply following the backbone's hint in the prompt."""
+    train_ratings = [r["label"]["rating"] for r in train_rows if r["task"] == "pointwise"]
+    valid_ratings = [r["label"]["rating"] for r in valid_rows if r["task"] == "pointwise"]
+    pairs = [r["label"] for r in valid_rows if r["task"] == "pairwise" and "hint_prefers_a" in r["label"]]
+    lists = [r["label"] for r in valid_rows if r["task"] == "listwise" and "hint_top" in r["label"]]
+    out: dict = {}
+    if train_ratings and valid_ratings:
+        out["pointwise_mae_of_median"] = float(np.mean(np.abs(np.array(valid_ratings) - np.median(train_ratings))))
+    if pairs:
+        out["pairwise_accuracy_of_hint"] = float(np.mean([p["hint_prefers_a"] == p["prefers_a"] for p in pairs]))
+    if lists:
+        out["listwise_hits_at_5_of_hint"] = float(np.mean([len(set(x["hint_top"]) & set(x["relevant_letters"])) / len(x["relevant_letters"]) for x in lists]))
+    return out
+
+
 def answer_loss(model, tokenizer, rows: list[dict], batch_size: int = 8) -> float:
     """Mean negative log-likelihood of the answer tokens (the tuning loss, on held-out rows)."""
     total, count = 0.0, 0

@@ -111,7 +111,8 @@ class ExampleBuilder:
         out = []
         for a, b in ((pos, neg), (neg, pos)):
             prompt = pairwise_prompt(profile, cands[a], cands[b], self.prompt_cfg, rng if shift else None)
-            out.append(self._example(user, prompt, "Yes" if a == pos else "No", {"prefers_a": a == pos}))
+            label = {"prefers_a": a == pos, "hint_prefers_a": cands[a].backbone_rank < cands[b].backbone_rank}
+            out.append(self._example(user, prompt, "Yes" if a == pos else "No", label))
         return out
 
     def listwise(self, user: int, rng: random.Random, shift: bool) -> list[dict]:
@@ -137,7 +138,12 @@ class ExampleBuilder:
         letter_of = {idx: pos for pos, idx in enumerate(prompt.candidate_order)}
         best = sorted(range(len(positives)), key=lambda j: (-rating_of[pool[j]], -recency[pool[j]]))
         answer = listwise_answer([letter_of[j] for j in best])
-        return [self._example(user, prompt, answer, {"relevant_letters": sorted(letter_of[j] for j in range(len(positives))), "n_candidates": len(pool)})]
+        label = {
+            "relevant_letters": sorted(letter_of[j] for j in range(len(positives))),
+            "n_candidates": len(pool),
+            "hint_top": sorted(letter_of[j] for j in range(len(pool)) if ranks[j] <= self.prompt_cfg.listwise_top),
+        }
+        return [self._example(user, prompt, answer, label)]
 
     def _example(self, user: int, prompt, answer: str, label: dict) -> dict:
         return {

@@ -17,6 +17,7 @@ import numpy as np
 from rich.console import Console
 
 from service.ranking.prompts import PromptConfig
+from training.answer_eval import reference_scores
 from training.backbone_artifacts import load_backbone, training_time_scores, write_backbone_artifacts, write_dataset_tables
 from training.data import Dataset, Split, leave_one_out, load_dataset
 from training.fsutil import atomic_folder
@@ -161,6 +162,7 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
     with atomic_folder(export_dir) as staging:
         merge_adapter(base, adapter, staging)
         validation = compare_on_validation(base, staging, valid_rows)
+        validation["reference"] = reference_scores(valid_rows, train_rows)
         stats = json.loads((inst_dir / "stats.json").read_text())
         manifest = {
             "run_key": key,

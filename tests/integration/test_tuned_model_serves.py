@@ -25,6 +25,7 @@ def test_export_is_a_complete_model_folder_with_a_manifest(tiny_export):
     assert len(manifest["data_hash"]) == 64
     for metric in ("answer_loss", "pointwise_mae", "pairwise_accuracy", "listwise_hits_at_5"):
         assert set(manifest["validation"][metric]) == {"base", "tuned"}
+    assert set(manifest["validation"]["reference"]) == {"pointwise_mae_of_median", "pairwise_accuracy_of_hint", "listwise_hits_at_5_of_hint"}
 
 
 def test_second_run_reuses_the_export(tiny_export, tiny_artifacts):
