@@ -10,7 +10,7 @@ PROFILE ?= cpu
 HINT_BACKBONE ?= lightgcn
 SAMPLING ?= adaptive
 
-.PHONY: install data backbones tune test test-all lint clean
+.PHONY: install data backbones tune eval test test-all lint clean
 
 $(PY):
 	python3.11 -m venv $(VENV)
@@ -35,6 +35,12 @@ backbones: $(PY)
 # PROFILE=gpu on a GPU host; a second run reuses every cached step.
 tune: $(PY)
 	$(PY) -m training tune --dataset $(DATASET) --profile $(PROFILE) --backbone $(HINT_BACKBONE) --sampling $(SAMPLING)
+
+# Reranks LightGCN's and SASRec's top-m (m = 10, 20) with the tuned model through a real vLLM CPU
+# server and writes reports/eval-$(DATASET)-<backbone>.{json,md,png}. Needs `make tune` first.
+EVAL_USERS ?= 200
+eval: $(PY)
+	$(PY) -m training eval --dataset $(DATASET) --backbones lightgcn sasrec --m 10 20 --test-users $(EVAL_USERS) --valid-users $(EVAL_USERS)
 
 test: $(PY)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -113,6 +113,26 @@ def cmd_tune(args, paths: Paths) -> int:
     return 0
 
 
+def cmd_eval(args, paths: Paths) -> int:
+    from training.evaluate import EvalRequest, run_eval
+
+    req = EvalRequest(
+        dataset=args.dataset,
+        backbones=tuple(args.backbones),
+        ms=tuple(args.m),
+        test_users=args.test_users,
+        valid_users=args.valid_users,
+        model_dir=args.model_dir,
+        dtype=args.dtype,
+    )
+    model_dir = args.model_dir or paths.artifacts / args.dataset / "model"
+    if not (model_dir / "manifest.json").is_file():
+        print(f"error: {model_dir / 'manifest.json'}: no tuned model; run `make tune` first", file=sys.stderr)
+        return 2
+    run_eval(req, paths)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-position-shift", action="store_true", help="ablation: keep history and candidate order")
     p.add_argument("--export-dir", type=Path, default=None, help="default artifacts/<dataset>/model")
     p.set_defaults(func=cmd_tune)
+    p = sub.add_parser("eval", help="rerank backbones' top-m with the tuned LLM (real vLLM server) and report")
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--backbones", nargs="+", default=["lightgcn", "sasrec"])
+    p.add_argument("--m", nargs="+", type=int, default=[10, 20])
+    p.add_argument("--test-users", type=int, default=200)
+    p.add_argument("--valid-users", type=int, default=200)
+    p.add_argument("--model-dir", type=Path, default=None, help="default artifacts/<dataset>/model")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -130,6 +131,15 @@ def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Datas
     return folder
 
 
+def wait_for_file(path: Path, timeout_s: float = 3600) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout_s:.0f}s")
+        time.sleep(2)
+    return path
+
+
 def _mk(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -143,8 +153,12 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
     dataset = load_dataset(req.dataset, req.data_path, cache_dir=paths.cache)
     split = leave_one_out(dataset)
     console.print(f"[bold]tune[/bold] {dataset.summary()} profile={profile.name} key={key}")
-    train_backbone(req.backbone, dataset, split, paths)
-    inst_dir = build_instruction_set(req, profile, dataset, split, paths, key)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        train_backbone(req.backbone, dataset, split, paths)
+        inst_dir = build_instruction_set(req, profile, dataset, split, paths, key)
+    else:  # under `accelerate launch` / torchrun the first process prepares, the others wait for it
+        inst_dir = wait_for_file(paths.artifacts / dataset.name / "instructions" / key / "stats.json").parent
     export_dir = req.export_dir or (paths.artifacts / dataset.name / "model")
     manifest_file = export_dir / "manifest.json"
     if manifest_file.is_file() and json.loads(manifest_file.read_text()).get("run_key") == key:
@@ -159,6 +173,8 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
     t0 = time.perf_counter()
     adapter = train_lora(base, train_rows, run_dir, profile)
     tune_seconds = time.perf_counter() - t0
+    if rank != 0:
+        return export_dir
     with atomic_folder(export_dir) as staging:
         merge_adapter(base, adapter, staging)
         validation = compare_on_validation(base, staging, valid_rows)

@@ -123,9 +123,10 @@ def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile:
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
     resume = last_checkpoint(ckpt_dir)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    model.save_pretrained(adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)
-    (out_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    if trainer.is_world_process_zero():  # with several GPUs only the first process writes
+        model.save_pretrained(adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)
+        (out_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return adapter_dir
 
 

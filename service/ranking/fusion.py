@@ -399,8 +399,9 @@ class LearnedFusion:
     """LightGBM LambdaRank over `FusionFeatures`, one query group per user.
 
     `fit` trains on all groups. With `config.guard` it first cross-validates (folds split by user)
-    and, if the learned NDCG@guard_k is below the backbone's, sets `fallback_ = True`: `predict`
-    then returns backbone-order scores (m - backbone_rank) instead of the model's. The model is
+    and, if the learned NDCG@guard_k is below the hybrid's or the backbone's, sets `fallback_` to
+    the better of the two ("hybrid" or "backbone"): `predict` then returns that ranking's scores
+    instead of the model's, so the learned fusion is never worse than either on held-out users. The model is
     still trained and saved, so the decision can be inspected and revisited. `guard_report_` holds
     that cross-validation (its models are unguarded, so there `guarded` equals `learned`). The guard
     compares on the same folds it decides on, so it is slightly optimistic; `cross_validated_ndcg`
@@ -412,7 +413,7 @@ class LearnedFusion:
         self.config = config or LearnedFusionConfig()
         self.booster_: lgb.Booster | None = None
         self.feature_names_: tuple[str, ...] | None = None
-        self.fallback_: bool = False
+        self.fallback_: str | None = None  # None, "hybrid" or "backbone"
         self.guard_report_: CVReport | None = None
 
     # -- training --------------------------------------------------------------------------------
@@ -432,13 +433,14 @@ class LearnedFusion:
         if BACKBONE_RANK not in names:
             raise ValueError(f"features must include {BACKBONE_RANK!r}")
         self.feature_names_ = names
-        self.fallback_ = False
+        self.fallback_ = None
         self.guard_report_ = None
         if self.config.guard:
             inner = LearnedFusion(self._unguarded_config())
             report = inner.cross_validated_ndcg(groups, folds=self.config.guard_folds, k=self.config.guard_k)
             self.guard_report_ = report
-            self.fallback_ = report.learned < report.backbone
+            if report.learned < max(report.hybrid, report.backbone):
+                self.fallback_ = "hybrid" if report.hybrid > report.backbone else "backbone"
         self.booster_ = self._train(groups)
         return self
 
@@ -462,12 +464,18 @@ class LearnedFusion:
         return np.asarray(self.booster_.predict(rows), dtype=np.float64)
 
     def predict(self, features: FusionFeatures) -> np.ndarray:
-        """Scores, higher is better: the model's, or backbone order when the guard fell back."""
+        """Scores, higher is better: the model's, or the hybrid's / backbone order when the guard
+        fell back."""
         if self.fallback_:
             if self.feature_names_ is not None and features.names != self.feature_names_:
                 raise ValueError(f"feature names {features.names} differ from the fitted {self.feature_names_}")
-            return backbone_scores_of(features)
+            return self._fallback_scores(features, self.fallback_)
         return self.model_scores(features)
+
+    def _fallback_scores(self, features: FusionFeatures, fallback: str) -> np.ndarray:
+        if fallback == "hybrid":
+            return hybrid_scores_of(features, self.config.hybrid_weights)
+        return backbone_scores_of(features)
 
     def rank(self, features: FusionFeatures) -> list[int]:
         return rank_by(self.predict(features))
@@ -489,7 +497,7 @@ class LearnedFusion:
             train = [g for i, g in enumerate(groups) if i not in test]
             held_out = [groups[int(i)] for i in test_idx]
             model = LearnedFusion(self.config).fit(train)
-            fallback_folds += int(model.fallback_)
+            fallback_folds += int(model.fallback_ is not None)
             # one booster call for the whole fold (per-call overhead dominates on small groups)
             x, _, sizes = _stack(held_out)
             learned = np.split(model.model_scores_rows(x), np.cumsum(sizes)[:-1])
@@ -497,7 +505,8 @@ class LearnedFusion:
             for g, s in zip(held_out, learned, strict=True):
                 backbone = backbone_scores_of(g.features)
                 fold["learned"] += _ndcg(rank_by(s), g.labels, k)
-                fold["guarded"] += _ndcg(rank_by(backbone if model.fallback_ else s), g.labels, k)
+                guarded = model._fallback_scores(g.features, model.fallback_) if model.fallback_ else s
+                fold["guarded"] += _ndcg(rank_by(guarded), g.labels, k)
                 fold["hybrid"] += _ndcg(rank_by(hybrid_scores_of(g.features, self.config.hybrid_weights)), g.labels, k)
                 fold["backbone"] += _ndcg(rank_by(backbone), g.labels, k)
             for key in sums:
@@ -542,7 +551,7 @@ class LearnedFusion:
         fusion = cls(LearnedFusionConfig(**sidecar["config"]))
         fusion.booster_ = lgb.Booster(model_file=str(path))
         fusion.feature_names_ = tuple(sidecar["feature_names"])
-        fusion.fallback_ = bool(sidecar["fallback"])
+        fusion.fallback_ = sidecar["fallback"] or None
         report = sidecar.get("guard_report")
         fusion.guard_report_ = CVReport(**report) if report else None
         return fusion

@@ -49,3 +49,15 @@ def test_vllm_serves_the_export_and_answers_a_pointwise_prompt_with_a_digit(tiny
     assert choice["text"].strip() in {"1", "2", "3", "4", "5"}
     score = expected_rating(choice["logprobs"]["top_logprobs"][0])
     assert score.valid and 1.0 <= score.value <= 5.0
+
+
+def test_prefix_reuse_cuts_the_prompt_tokens_of_a_request(tiny_export):
+    from service.ranking.prompts import Candidate, RatedItem, UserProfile, listwise_prompt, pairwise_prompt, pointwise_prompt
+    from training.evaluate import prompt_token_cost
+
+    user = UserProfile(liked=[RatedItem(f"Liked film {i}", 5) for i in range(10)], disliked=[RatedItem("Bad film", 1)])
+    cands = [Candidate(f"Candidate {i}", i + 1) for i in range(20)]
+    msgs = [pointwise_prompt(user, c).messages for c in cands] + [pairwise_prompt(user, cands[0], cands[1]).messages, listwise_prompt(user, cands).messages]
+    cost = prompt_token_cost(AutoTokenizer.from_pretrained(tiny_export), msgs)
+    assert cost["prompts"] == 22 and cost["shared_prefix"] > 50
+    assert cost["with_reuse"] == cost["without_reuse"] - cost["shared_prefix"] * 21

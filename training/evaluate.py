@@ -1,0 +1,348 @@
+"""Offline evaluation: rerank each backbone's top-m with the tuned LLM through a real vLLM server and
+the very engine the service runs, then compare the backbone, each task, the hybrid and the learned
+fusion (with and without LLM features).
+
+Decisions: users are a seeded sample (all 942 test users x 41 prompts x 2 backbones x 2 m would
+take hours on 2 CPU cores); prompts read only the training part of the split, as in tuning; the
+learned fusion is fitted on the validation stage (the validation item as the relevant one, the
+backbone's validation-time top-m as candidates) and applied to the test stage; its guard falls
+back to the hybrid or the backbone when cross-validation on the validation users says so.
+Raw engine outputs are cached per model and backbone, so re-running only recomputes the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from tqdm.auto import tqdm
+
+from service.llm.client import LLMSettings, VLLMClient
+from service.llm.vllm_server import VLLMServer
+from service.ranking.engine import EngineConfig, RankingEngine, seed_for
+from service.ranking.fusion import (
+    LearnedFusion,
+    LearnedFusionConfig,
+    UserGroup,
+    feature_matrix,
+    hybrid_scores,
+    rank_by,
+)
+from service.ranking.prompts import Candidate, PromptConfig
+from training.backbone_artifacts import load_backbone
+from training.data import Split, leave_one_out, load_dataset
+from training.instructions import user_profile
+from training.metrics import KS
+from training.paths import Paths
+
+console = Console(soft_wrap=True)
+TASK_METHODS = ("pointwise", "pairwise", "listwise")
+METHODS = ("backbone", *TASK_METHODS, "hybrid", "learned", "learned_no_llm")
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    dataset: str = "ml-100k"
+    backbones: tuple[str, ...] = ("lightgcn", "sasrec")
+    ms: tuple[int, ...] = (10, 20)
+    test_users: int = 200
+    valid_users: int = 200
+    seed: int = 2024
+    model_dir: Path | None = None  # default artifacts/<dataset>/model
+    concurrent_users: int = 4
+    dtype: str = "bfloat16"
+    bootstrap: int = 1000
+
+
+@dataclass
+class Record:
+    """One user's engine output for one stage and m, everything the report needs."""
+
+    user: int
+    stage: str
+    m: int
+    items: list[int]  # candidate item indices in backbone order
+    target: int
+    utilities: dict[str, list[float]]
+    invalid: dict[str, int]
+    dropped: dict[str, str]
+    seconds: float
+    backbone_scores: list[float] = field(default_factory=list)
+
+
+def sample_users(split: Split, n: int, seed: int) -> np.ndarray:
+    users = split.evaluated_users()
+    if n >= len(users):
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, size=n, replace=False))
+
+
+def candidate_lists(folder: Path, dataset) -> dict[str, dict[int, list[int]]]:
+    out: dict[str, dict[int, list[int]]] = {"valid": {}, "test": {}}
+    with (folder / "candidates.jsonl").open() as fh:
+        for line in fh:
+            row = json.loads(line)
+            u = dataset.user_index[row["user_id"]]
+            for stage in out:
+                out[stage][u] = [dataset.item_index[i] for i in row[stage]]
+    return out
+
+
+async def run_engine(llm: LLMSettings, split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int) -> list[Record]:
+    """One event loop, one pooled client: every user's prompts through the service's engine."""
+    client = VLLMClient(llm)
+    try:
+        return await _run_engine(RankingEngine(client, EngineConfig(prompt=prompt_cfg)), split, users, stage, m, tops, prompt_cfg, scores, concurrency)
+    finally:
+        await client.aclose()
+
+
+async def _run_engine(engine: RankingEngine, split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int) -> list[Record]:
+    ds = split.dataset
+    slots = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(users), desc=f"{stage} m={m}", leave=False)
+
+    async def one(u: int) -> Record:
+        async with slots:
+            items = tops[stage][u][:m]
+            cands = [Candidate(ds.items[i].title, backbone_rank=r + 1) for r, i in enumerate(items)]
+            start = time.perf_counter()
+            result = await engine.rank(user_profile(split, u, set(), prompt_cfg), cands, seed=seed_for(ds.users[u].user_id))
+            bar.update(1)
+            return Record(
+                user=int(u), stage=stage, m=m, items=[int(i) for i in items], target=int(split.target(stage)[u]),
+                utilities={t: [float(x) for x in v] for t, v in result.utilities.items()},
+                invalid={t: o.invalid_answers for t, o in result.outcomes.items()},
+                dropped=result.dropped, seconds=time.perf_counter() - start,
+                backbone_scores=[float(scores[u, i]) for i in items],
+            )
+
+    records = await asyncio.gather(*(one(int(u)) for u in users))
+    bar.close()
+    return list(records)
+
+
+def extra_features(split: Split, rec: Record, popularity: np.ndarray) -> dict[str, np.ndarray]:
+    """Conventional signals: item popularity and genre overlap with the user's training likes."""
+    ds = split.dataset
+    liked = split.liked_sequence(rec.user)
+    genre_counts: dict[str, int] = {}
+    for i in liked:
+        for g in ds.items[i].genres:
+            genre_counts[g] = genre_counts.get(g, 0) + 1
+    total = max(1, len(liked))
+    overlap = [sum(genre_counts.get(g, 0) for g in ds.items[i].genres) / total for i in rec.items]
+    return {"log_popularity": np.log1p(popularity[rec.items]), "genre_overlap": np.asarray(overlap, dtype=float)}
+
+
+def features_of(split: Split, rec: Record, popularity: np.ndarray, with_llm: bool):
+    u = {t: np.asarray(v) for t, v in rec.utilities.items()} if with_llm else {}
+    return feature_matrix(
+        rec.m,
+        pointwise=u.get("pointwise"),
+        pairwise=u.get("pairwise"),
+        listwise=u.get("listwise"),
+        backbone_scores=np.asarray(rec.backbone_scores),
+        extra=extra_features(split, rec, popularity),
+    )
+
+
+def relevant_index(rec: Record) -> int | None:
+    return rec.items.index(rec.target) if rec.target in rec.items else None
+
+
+def target_rank(order: list[int], rec: Record) -> int:
+    """0-based position of the target in the reranked list, -1 when it is not a candidate."""
+    rel = relevant_index(rec)
+    return order.index(rel) if rel is not None else -1
+
+
+def metric_rows(ranks: dict[str, np.ndarray], hit: np.ndarray, m: int) -> list[dict]:
+    rows = []
+    for subset, mask in (("all", np.ones_like(hit, dtype=bool)), ("hit", hit)):
+        for method, r in ranks.items():
+            r = r[mask]
+            row = {"method": method, "m": m, "subset": subset, "users": int(mask.sum())}
+            for k in KS:
+                inside = (r >= 0) & (r < k)
+                row[f"HR@{k}"] = float(inside.mean()) if r.size else 0.0
+                row[f"NDCG@{k}"] = float(np.where(inside, 1 / np.log2(np.maximum(r, 0) + 2), 0).mean()) if r.size else 0.0
+            rows.append(row)
+    return rows
+
+
+def bootstrap_differences(ranks: dict[str, np.ndarray], m: int, n: int, seed: int) -> list[dict]:
+    """95% bootstrap intervals (over users) of each method's metric minus the backbone's."""
+    rng = np.random.default_rng(seed)
+    base = ranks["backbone"]
+    idx = rng.integers(0, len(base), size=(n, len(base)))
+
+    def per_user(r: np.ndarray, k: int, kind: str) -> np.ndarray:
+        inside = (r >= 0) & (r < k)
+        return inside.astype(float) if kind == "HR" else np.where(inside, 1 / np.log2(np.maximum(r, 0) + 2), 0.0)
+
+    out = []
+    for method, r in ranks.items():
+        if method == "backbone":
+            continue
+        for kind in ("HR", "NDCG"):
+            for k in KS:
+                diff = per_user(r, k, kind) - per_user(base, k, kind)
+                means = diff[idx].mean(axis=1)
+                out.append({"method": method, "m": m, "metric": f"{kind}@{k}", "diff": float(diff.mean()), "low": float(np.percentile(means, 2.5)), "high": float(np.percentile(means, 97.5))})
+    return out
+
+
+def moves(ranks: dict[str, np.ndarray], k: int = 3) -> dict[str, dict[str, int]]:
+    """Like the paper's figure: users whose target moved into (wrong->right) or out of the top-k."""
+    base_in = (ranks["backbone"] >= 0) & (ranks["backbone"] < k)
+    out = {}
+    for method, r in ranks.items():
+        if method == "backbone":
+            continue
+        now_in = (r >= 0) & (r < k)
+        out[method] = {"wrong_to_right": int((~base_in & now_in).sum()), "right_to_wrong": int((base_in & ~now_in).sum())}
+    return out
+
+
+def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: str, llm: LLMSettings, prompt_cfg: PromptConfig, run_key: str, model_dir: Path) -> dict:
+    ds = split.dataset
+    folder = paths.backbone_dir(ds.name, backbone)
+    tops = candidate_lists(folder, ds)
+    model = load_backbone(folder)
+    all_users = np.arange(split.n_users)
+    scores = {stage: model.score(all_users, [split.history(u, stage) for u in all_users]) for stage in ("valid", "test")}
+    _, liked_items = split.liked_pairs()
+    popularity = np.bincount(liked_items, minlength=split.n_items).astype(float)
+    stage_users = {"test": sample_users(split, req.test_users, req.seed), "valid": sample_users(split, req.valid_users, req.seed + 1)}
+    cache_dir = paths.artifacts / ds.name / "eval" / run_key
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    report: dict = {"rows": [], "bootstrap": [], "cv": {}, "moves": {}, "llm": {}, "fusion_models": {}}
+    for m in req.ms:
+        records: dict[str, list[Record]] = {}
+        for stage, users in stage_users.items():
+            cache = cache_dir / f"{backbone}-{stage}-m{m}-u{len(users)}-s{req.seed}.jsonl"
+            if cache.is_file():
+                records[stage] = [Record(**json.loads(line)) for line in cache.read_text().splitlines()]
+                continue
+            start = time.perf_counter()
+            records[stage] = asyncio.run(run_engine(llm, split, users, stage, m, tops, prompt_cfg, scores[stage], req.concurrent_users))
+            console.print(f"{backbone} {stage} m={m}: {len(users)} users in {time.perf_counter() - start:.0f}s")
+            cache.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records[stage]))
+        fusion_dir = model_dir / "fusion"
+        fusion_dir.mkdir(exist_ok=True)
+        fitted = {}
+        for name, with_llm in (("learned", True), ("learned_no_llm", False)):
+            groups = [UserGroup.with_relevant(features_of(split, r, popularity, with_llm), relevant_index(r)) for r in records["valid"]]
+            config = LearnedFusionConfig(guard_k=3)
+            cv = LearnedFusion(config).cross_validated_ndcg(groups, folds=5, k=3)
+            fitted[name] = LearnedFusion(config).fit(groups)
+            fitted[name].save(fusion_dir / f"{backbone}-m{m}-{name}.lgb")
+            report["cv"][f"{name}_m{m}"] = asdict(cv) | {"fallback": fitted[name].fallback_}
+            report["fusion_models"][f"{name}_m{m}"] = str(fusion_dir / f"{backbone}-m{m}-{name}.lgb")
+        test = records["test"]
+        ranks: dict[str, list[int]] = {method: [] for method in METHODS}
+        for rec in test:
+            util = {t: np.asarray(v) for t, v in rec.utilities.items()}
+            ranks["backbone"].append(target_rank(list(range(rec.m)), rec))
+            for task in TASK_METHODS:
+                order = rank_by(util[task]) if task in util else list(range(rec.m))
+                ranks[task].append(target_rank(order, rec))
+            ranks["hybrid"].append(target_rank(rank_by(hybrid_scores(util)) if util else list(range(rec.m)), rec))
+            for name, with_llm in (("learned", True), ("learned_no_llm", False)):
+                ranks[name].append(target_rank(fitted[name].rank(features_of(split, rec, popularity, with_llm)), rec))
+        arrays = {k: np.asarray(v) for k, v in ranks.items()}
+        hit = arrays["backbone"] >= 0
+        report["rows"] += metric_rows(arrays, hit, m)
+        report["bootstrap"] += bootstrap_differences(arrays, m, req.bootstrap, req.seed)
+        report["moves"][f"m{m}"] = moves(arrays, k=3)
+        report["llm"][f"m{m}"] = {
+            "invalid_answers": {t: int(sum(r.invalid.get(t, 0) for r in test)) for t in TASK_METHODS},
+            "dropped_tasks": int(sum(len(r.dropped) for r in test)),
+            "seconds_per_user": float(np.mean([r.seconds for r in test])),
+        }
+    return report
+
+
+def markdown(report: dict, backbone: str, dataset: str) -> str:
+    cols = [f"{kind}@{k}" for k in KS for kind in ("HR", "NDCG")]
+    lines = [f"# Reranking {backbone} on {dataset}", ""]
+    for m in sorted({r["m"] for r in report["rows"]}):
+        for subset in ("all", "hit"):
+            rows = [r for r in report["rows"] if r["m"] == m and r["subset"] == subset]
+            lines += [f"## m = {m}, {subset} test users ({rows[0]['users']})", "", "| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+            lines += [f"| {r['method']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |" for r in rows]
+            lines.append("")
+        lines += [f"### m = {m}: difference to the backbone (all users), NDCG@3 with 95% bootstrap interval", ""]
+        lines += [f"- {b['method']}: {b['diff']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]" for b in report["bootstrap"] if b["m"] == m and b["metric"] == "NDCG@3"]
+        lines.append("")
+    lines += ["## Learned fusion, 5-fold cross-validation on the validation users (NDCG@3)", "", "| model | learned | guarded | hybrid | backbone | fallback |", "|---|---:|---:|---:|---:|---|"]
+    for name, cv in report["cv"].items():
+        lines.append(f"| {name} | {cv['learned']:.4f} | {cv['guarded']:.4f} | {cv['hybrid']:.4f} | {cv['backbone']:.4f} | {cv['fallback']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_moves(report: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(report["moves"].items())
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (m, moved) in zip(axes[0], panels):
+        methods = list(moved)
+        x = np.arange(len(methods))
+        ax.bar(x - 0.2, [moved[k]["wrong_to_right"] for k in methods], 0.4, label="wrong -> right", color="tab:green")
+        ax.bar(x + 0.2, [moved[k]["right_to_wrong"] for k in methods], 0.4, label="right -> wrong", color="tab:red")
+        ax.set_xticks(x, methods, rotation=30, ha="right")
+        ax.set_title(f"{title}, {m}: test item in/out of the top 3")
+        ax.set_ylabel("users")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
+    dataset = load_dataset(req.dataset, cache_dir=paths.cache)
+    split = leave_one_out(dataset)
+    model_dir = req.model_dir or (paths.artifacts / dataset.name / "model")
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    prompt_cfg = PromptConfig(**manifest["prompt_config"])
+    out = []
+    with VLLMServer(model_dir, dtype=req.dtype, cache_dir=paths.cache / "vllm", log_file=paths.cache / "vllm" / "eval.log") as server:
+        console.print(f"vLLM ready at {server.base_url} ({req.dtype}, prefix caching on)")
+        llm = LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=300)
+        for backbone in req.backbones:
+            report = evaluate_backbone(req, paths, split, backbone, llm, prompt_cfg, manifest["run_key"], model_dir)
+            report["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(req).items()} | {"backbone": backbone, "model_run_key": manifest["run_key"]}
+            base = Path("reports") / f"eval-{dataset.name}-{backbone}"
+            base.parent.mkdir(exist_ok=True)
+            base.with_suffix(".json").write_text(json.dumps(report, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+            base.with_suffix(".md").write_text(markdown(report, backbone, dataset.name))
+            plot_moves(report, base.with_suffix(".png"), backbone)
+            console.print(base.with_suffix(".md").read_text())
+            out.append(base.with_suffix(".json"))
+    return out
+
+
+def prompt_token_cost(tokenizer, messages_list: list[list[dict[str, str]]]) -> dict[str, int]:
+    """Prompt tokens of one request's prompts, computed in full for each prompt (no reuse) and with
+    the longest prefix shared by all of them computed once (what prefix caching saves; vLLM caches
+    whole blocks, so its real saving is this rounded down to its block size)."""
+    ids = [tokenizer.apply_chat_template(m, tokenize=True, add_generation_prompt=True) for m in messages_list]
+    ids = [x["input_ids"] if hasattr(x, "keys") else x for x in ids]
+    shared = 0
+    for column in zip(*ids):
+        if len(set(column)) > 1:
+            break
+        shared += 1
+    total = sum(len(x) for x in ids)
+    return {"prompts": len(ids), "without_reuse": total, "shared_prefix": shared, "with_reuse": total - shared * (len(ids) - 1)}
