@@ -43,7 +43,9 @@ from training.paths import Paths
 
 console = Console(soft_wrap=True)
 TASK_METHODS = ("pointwise", "pairwise", "listwise")
-METHODS = ("backbone", *TASK_METHODS, "hybrid", "learned", "learned_no_llm")
+METHODS = ("backbone", *TASK_METHODS, "hybrid", "hybrid_tuned", "learned", "learned_no_llm")
+# Weights searched for `hybrid_tuned` (the paper leaves them to us): each task and a backbone-rank prior.
+WEIGHT_GRID = {"pointwise": (0.0, 0.25, 0.5, 1.0), "pairwise": (0.0, 0.25, 0.5, 1.0), "listwise": (0.0, 0.25, 0.5, 1.0), "backbone": (0.0, 0.5, 1.0, 2.0, 4.0)}
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,34 @@ def features_of(split: Split, rec: Record, popularity: np.ndarray, with_llm: boo
     )
 
 
+def utilities_with_backbone(rec: Record) -> dict[str, np.ndarray]:
+    util = {t: np.asarray(v) for t, v in rec.utilities.items()}
+    util["backbone"] = np.arange(rec.m, 0, -1, dtype=float)  # m - backbone rank: the rank prior
+    return util
+
+
+def select_hybrid_weights(records: list[Record], k: int = 3) -> dict[str, float]:
+    """Grid-search the hybrid's weights (tasks + backbone prior) for NDCG@k on validation users.
+    Ties go to the larger backbone weight, i.e. the more conservative ranking."""
+    import itertools
+
+    best, best_key = None, None
+    names = list(WEIGHT_GRID)
+    utils = [utilities_with_backbone(r) for r in records]
+    for combo in itertools.product(*(WEIGHT_GRID[n] for n in names)):
+        weights = dict(zip(names, combo))
+        if not any(weights.values()):
+            continue
+        total = 0.0
+        for rec, util in zip(records, utils):
+            rank = target_rank(rank_by(hybrid_scores(util, weights)), rec)
+            total += 1 / math.log2(rank + 2) if 0 <= rank < k else 0.0
+        key = (round(total, 9), weights["backbone"])
+        if best_key is None or key > best_key:
+            best, best_key = weights, key
+    return best
+
+
 def relevant_index(rec: Record) -> int | None:
     return rec.items.index(rec.target) if rec.target in rec.items else None
 
@@ -246,6 +276,8 @@ def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: st
             fitted[name].save(fusion_dir / f"{backbone}-m{m}-{name}.lgb")
             report["cv"][f"{name}_m{m}"] = asdict(cv) | {"fallback": fitted[name].fallback_}
             report["fusion_models"][f"{name}_m{m}"] = str(fusion_dir / f"{backbone}-m{m}-{name}.lgb")
+        tuned_weights = select_hybrid_weights(records["valid"], k=3)
+        report.setdefault("hybrid_tuned_weights", {})[f"m{m}"] = tuned_weights
         test = records["test"]
         ranks: dict[str, list[int]] = {method: [] for method in METHODS}
         for rec in test:
@@ -255,6 +287,7 @@ def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: st
                 order = rank_by(util[task]) if task in util else list(range(rec.m))
                 ranks[task].append(target_rank(order, rec))
             ranks["hybrid"].append(target_rank(rank_by(hybrid_scores(util)) if util else list(range(rec.m)), rec))
+            ranks["hybrid_tuned"].append(target_rank(rank_by(hybrid_scores(utilities_with_backbone(rec), tuned_weights)), rec))
             for name, with_llm in (("learned", True), ("learned_no_llm", False)):
                 ranks[name].append(target_rank(fitted[name].rank(features_of(split, rec, popularity, with_llm)), rec))
         arrays = {k: np.asarray(v) for k, v in ranks.items()}
