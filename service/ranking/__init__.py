@@ -1,4 +1,6 @@
-"""The ranking core shared by training, evaluation and the gateway: prompts, answer scoring, fusion.
+"""The ranking core shared by training, evaluation and the gateway: prompts, answer scoring, the
+engine that runs the three tasks, and fusion.
 
-Nothing here does I/O or imports a web or ML framework, so every caller runs the very same code.
+No web framework and no HTTP here (the engine sees the LLM through a small protocol), and no I/O
+except `LearnedFusion.save` / `load`, so every caller runs the very same code.
 """
