@@ -89,11 +89,11 @@ def test_off_format_pointwise_answers_fall_back_to_backbone_order_and_are_counte
 
 
 def test_tasks_that_miss_the_deadline_are_dropped_not_waited_for():
-    llm = ScriptedLLM(delay=5.0)
+    llm = ScriptedLLM(delay=60.0)
     engine = RankingEngine(llm)
     start = asyncio.run(_timed(engine.rank(USER, CANDS, deadline_s=0.2)))
     result, seconds = start
-    assert seconds < 1.5
+    assert seconds < 10  # the 60 s answers were not waited for
     assert result.dropped == {"pointwise": "deadline", "pairwise": "deadline", "listwise": "deadline"}
     assert result.order == [0, 1, 2, 3, 4, 5]  # backbone order when nothing came back
 
