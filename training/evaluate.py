@@ -38,7 +38,7 @@ from service.ranking.prompts import Candidate, PromptConfig
 from training.backbone_artifacts import load_backbone
 from training.data import Split, leave_one_out, load_dataset
 from training.instructions import user_profile
-from training.metrics import KS
+from training.metrics import KS, hit_gains, metrics_from_ranks, ndcg_gains
 from training.paths import Paths
 
 console = Console(soft_wrap=True)
@@ -173,10 +173,8 @@ def select_hybrid_weights(records: list[Record], k: int = 3) -> dict[str, float]
         weights = dict(zip(names, combo))
         if not any(weights.values()):
             continue
-        total = 0.0
-        for rec, util in zip(records, utils):
-            rank = target_rank(rank_by(hybrid_scores(util, weights)), rec)
-            total += 1 / math.log2(rank + 2) if 0 <= rank < k else 0.0
+        ranks = [target_rank(rank_by(hybrid_scores(util, weights)), rec) for rec, util in zip(records, utils)]
+        total = float(ndcg_gains(np.asarray(ranks), k).sum())
         key = (round(total, 9), weights["backbone"])
         if best_key is None or key > best_key:
             best, best_key = weights, key
@@ -197,13 +195,7 @@ def metric_rows(ranks: dict[str, np.ndarray], hit: np.ndarray, m: int) -> list[d
     rows = []
     for subset, mask in (("all", np.ones_like(hit, dtype=bool)), ("hit", hit)):
         for method, r in ranks.items():
-            r = r[mask]
-            row = {"method": method, "m": m, "subset": subset, "users": int(mask.sum())}
-            for k in KS:
-                inside = (r >= 0) & (r < k)
-                row[f"HR@{k}"] = float(inside.mean()) if r.size else 0.0
-                row[f"NDCG@{k}"] = float(np.where(inside, 1 / np.log2(np.maximum(r, 0) + 2), 0).mean()) if r.size else 0.0
-            rows.append(row)
+            rows.append({"method": method, "m": m, "subset": subset, "users": int(mask.sum()), **metrics_from_ranks(r[mask])})
     return rows
 
 
@@ -213,17 +205,14 @@ def bootstrap_differences(ranks: dict[str, np.ndarray], m: int, n: int, seed: in
     base = ranks["backbone"]
     idx = rng.integers(0, len(base), size=(n, len(base)))
 
-    def per_user(r: np.ndarray, k: int, kind: str) -> np.ndarray:
-        inside = (r >= 0) & (r < k)
-        return inside.astype(float) if kind == "HR" else np.where(inside, 1 / np.log2(np.maximum(r, 0) + 2), 0.0)
-
+    per_user = {"HR": hit_gains, "NDCG": ndcg_gains}
     out = []
     for method, r in ranks.items():
         if method == "backbone":
             continue
         for kind in ("HR", "NDCG"):
             for k in KS:
-                diff = per_user(r, k, kind) - per_user(base, k, kind)
+                diff = per_user[kind](r, k) - per_user[kind](base, k)
                 means = diff[idx].mean(axis=1)
                 out.append({"method": method, "m": m, "metric": f"{kind}@{k}", "diff": float(diff.mean()), "low": float(np.percentile(means, 2.5)), "high": float(np.percentile(means, 97.5))})
     return out

@@ -28,18 +28,27 @@ def ndcg_at_k(ranked: Sequence, relevant: Collection, k: int) -> float:
     return float(dcg / idcg)
 
 
-def hr_from_ranks(ranks: np.ndarray, k: int) -> float:
-    """Mean HR@k over users given each user's 0-based rank of its single target (-1: absent)."""
+def hit_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-user HR@k (1.0 or 0.0) given each user's 0-based rank of its single target (-1: absent)."""
     ranks = np.asarray(ranks)
-    return float(np.mean((ranks >= 0) & (ranks < k))) if ranks.size else 0.0
+    return ((ranks >= 0) & (ranks < k)).astype(np.float64)
+
+
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-user NDCG@k of a single target: 1 / log2(rank + 2) inside the cut-off, else 0."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where((ranks >= 0) & (ranks < k), 1.0 / np.log2(np.maximum(ranks, 0) + 2), 0.0)
+
+
+def hr_from_ranks(ranks: np.ndarray, k: int) -> float:
+    """Mean HR@k over users."""
+    gains = hit_gains(ranks, k)
+    return float(gains.mean()) if gains.size else 0.0
 
 
 def ndcg_from_ranks(ranks: np.ndarray, k: int) -> float:
-    ranks = np.asarray(ranks, dtype=np.float64)
-    if not ranks.size:
-        return 0.0
-    gains = np.where((ranks >= 0) & (ranks < k), 1.0 / np.log2(np.maximum(ranks, 0) + 2), 0.0)
-    return float(np.mean(gains))
+    gains = ndcg_gains(ranks, k)
+    return float(gains.mean()) if gains.size else 0.0
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:

@@ -19,8 +19,5 @@ class Paths:
             artifacts=Path(os.environ.get("RECRANKER_ARTIFACTS_DIR", "artifacts")),
         )
 
-    def dataset_cache(self, name: str) -> Path:
-        return self.cache / "data" / name
-
     def backbone_dir(self, dataset: str, backbone: str) -> Path:
         return self.artifacts / dataset / "backbones" / backbone

@@ -330,7 +330,7 @@ def hybrid_scores_of(features: FusionFeatures, weights: Mapping[str, float] | No
 @dataclass(frozen=True)
 class LearnedFusionConfig:
     """LambdaRank settings, kept small on purpose: few shallow trees, many rows per leaf, so a weak
-    feature cannot be fitted to noise. `guard*` control the fall-back to backbone order."""
+    feature cannot be fitted to noise. `guard*` control the fall-back to the hybrid or backbone order."""
 
     n_estimators: int = 50
     learning_rate: float = 0.05
@@ -369,7 +369,7 @@ class CVReport:
     `learned` is the raw LambdaRank model, `guarded` the model with the guard as `fit` applies it
     (decided by an inner cross-validation on the training folds only, so it is an honest estimate),
     `hybrid` the fixed-weight sum, `backbone` the backbone order. `fallback_folds` counts the outer
-    folds whose guard chose backbone order. Per-fold means are kept for inspection.
+    folds whose guard fell back (to the hybrid or the backbone). Per-fold means are kept for inspection.
     """
 
     k: int
