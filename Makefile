@@ -10,7 +10,7 @@ PROFILE ?= cpu
 HINT_BACKBONE ?= lightgcn
 SAMPLING ?= adaptive
 
-.PHONY: install data backbones tune eval test test-all lint clean
+.PHONY: install data backbones tune ablate eval serve bench test test-all lint clean
 
 $(PY):
 	python3.11 -m venv $(VENV)
@@ -41,6 +41,21 @@ tune: $(PY)
 EVAL_USERS ?= 200
 eval: $(PY)
 	$(PY) -m training eval --dataset $(DATASET) --backbones lightgcn sasrec --m 10 20 --test-users $(EVAL_USERS) --valid-users $(EVAL_USERS)
+
+# Tuning ablations (uniform sampling, no enhancement, no position shifting), each a tuning run of
+# PROFILE -> reports/ablation-$(DATASET).{json,md}. About 20 min per variant on this CPU.
+ablate: $(PY)
+	$(PY) -m training ablate --dataset $(DATASET) --profile $(PROFILE) --backbone $(HINT_BACKBONE)
+
+# The local stack: vLLM (CPU) on artifacts/$(DATASET)/model, the gateway on :8080, Redis when one
+# answers at RECRANKER_REDIS_URL (else an in-process cache). Ctrl-C stops all of it.
+serve: $(PY)
+	$(PY) -m service.gateway.stack
+
+# Load test from a second process against the stack `make serve` starts, plus the paper-style
+# baseline on the same model -> reports/bench.json.
+bench: $(PY)
+	$(PY) -m service.loadtest
 
 test: $(PY)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -113,6 +113,23 @@ def cmd_tune(args, paths: Paths) -> int:
     return 0
 
 
+def cmd_ablate(args, paths: Paths) -> int:
+    import json
+
+    from training.ablation import ablation_markdown, ablation_report, run_ablation
+    from training.pipeline import TuneRequest
+
+    base = TuneRequest(dataset=args.dataset, data_path=args.data_path, backbone=args.backbone, profile=args.profile)
+    report = ablation_report(run_ablation(base, paths, args.variants))
+    out = Path("reports")
+    out.mkdir(exist_ok=True)
+    (out / f"ablation-{args.dataset}.json").write_text(json.dumps(report, indent=2))
+    md = ablation_markdown(report, f"Tuning ablations, {args.dataset}, {args.backbone} hints, {args.profile} profile")
+    (out / f"ablation-{args.dataset}.md").write_text(md)
+    print(md)
+    return 0
+
+
 def cmd_eval(args, paths: Paths) -> int:
     from training.evaluate import EvalRequest, run_eval
 
@@ -160,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-position-shift", action="store_true", help="ablation: keep history and candidate order")
     p.add_argument("--export-dir", type=Path, default=None, help="default artifacts/<dataset>/model")
     p.set_defaults(func=cmd_tune)
+    p = sub.add_parser("ablate", help="tuning ablations: uniform sampling, no enhancement, no position shifting -> reports/ablation-<dataset>.{json,md}")
+    _add_data_args(p)
+    p.add_argument("--backbone", default="lightgcn")
+    p.add_argument("--profile", default="cpu", choices=["cpu", "gpu", "tiny"])
+    p.add_argument("--variants", nargs="+", default=None, help="default: full uniform_sampling no_enhancement no_position_shift")
+    p.set_defaults(func=cmd_ablate)
     p = sub.add_parser("eval", help="rerank backbones' top-m with the tuned LLM (real vLLM server) and report")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--backbones", nargs="+", default=["lightgcn", "sasrec"])

@@ -34,6 +34,7 @@ from service.ranking.fusion import (
     hybrid_scores,
     rank_by,
 )
+from service.ranking.profile import conventional_features
 from service.ranking.prompts import Candidate, PromptConfig
 from training.backbone_artifacts import load_backbone
 from training.data import Split, leave_one_out, load_dataset
@@ -131,16 +132,10 @@ async def _run_engine(engine: RankingEngine, split: Split, users: np.ndarray, st
 
 
 def extra_features(split: Split, rec: Record, popularity: np.ndarray) -> dict[str, np.ndarray]:
-    """Conventional signals: item popularity and genre overlap with the user's training likes."""
+    """Conventional signals, computed by the same code the gateway runs."""
     ds = split.dataset
-    liked = split.liked_sequence(rec.user)
-    genre_counts: dict[str, int] = {}
-    for i in liked:
-        for g in ds.items[i].genres:
-            genre_counts[g] = genre_counts.get(g, 0) + 1
-    total = max(1, len(liked))
-    overlap = [sum(genre_counts.get(g, 0) for g in ds.items[i].genres) / total for i in rec.items]
-    return {"log_popularity": np.log1p(popularity[rec.items]), "genre_overlap": np.asarray(overlap, dtype=float)}
+    liked = [ds.items[i].genres for i in split.liked_sequence(rec.user)]
+    return conventional_features(liked, [ds.items[i].genres for i in rec.items], popularity[rec.items])
 
 
 def features_of(split: Split, rec: Record, popularity: np.ndarray, with_llm: bool):

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from service.ranking.profile import Demographics, HistoryEvent, build_profile
 from service.ranking.prompts import (
     Candidate,
     PromptConfig,
-    RatedItem,
     UserProfile,
     listwise_answer,
     listwise_prompt,
@@ -50,19 +50,15 @@ class InstructionConfig:
 
 
 def user_profile(split: Split, user: int, exclude: set[int], cfg: PromptConfig) -> UserProfile:
+    """The user's training-period history, minus `exclude`, through the serving code's builder."""
     ds = split.dataset
-    scale = ds.scale
-    liked, disliked = [], []
-    for item, rating in zip(split.train_items[user].tolist(), split.train_ratings[user].tolist()):
-        if item in exclude:
-            continue
-        entry = RatedItem(ds.items[item].title, rating)
-        if rating >= scale.liked_at_least:
-            liked.append(entry)
-        elif rating <= scale.disliked_at_most:
-            disliked.append(entry)
+    history = [
+        HistoryEvent(ds.items[item].title, rating)
+        for item, rating in zip(split.train_items[user].tolist(), split.train_ratings[user].tolist())
+        if item not in exclude
+    ]
     u = ds.users[user]
-    return UserProfile(liked=liked, disliked=disliked, age=u.age, gender=u.gender, occupation=u.occupation)
+    return build_profile(history, ds.scale.liked_at_least, ds.scale.disliked_at_most, Demographics(u.age, u.gender, u.occupation))
 
 
 class ExampleBuilder:

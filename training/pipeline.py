@@ -59,6 +59,10 @@ def train_backbone(name: str, dataset: Dataset, split: Split, paths: Paths, over
     return report
 
 
+# Bumped when the instruction data changes for the same request (2: shuffled validation prompts).
+INSTRUCTIONS_VERSION = 2
+
+
 @dataclass(frozen=True)
 class TuneRequest:
     dataset: str = "ml-100k"
@@ -73,7 +77,11 @@ class TuneRequest:
 
     def key(self, profile: TuneProfile) -> str:
         blob = json.dumps(
-            {"req": {k: str(v) for k, v in asdict(self).items() if k not in ("export_dir",)}, "profile": profile.model_dump()},
+            {
+                "req": {k: str(v) for k, v in asdict(self).items() if k not in ("export_dir",)},
+                "profile": profile.model_dump(),
+                "instructions_version": INSTRUCTIONS_VERSION,
+            },
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -109,7 +117,9 @@ def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Datas
     )
     builder = ExampleBuilder(split, scores, prompt_cfg, InstructionConfig(seed=profile.seed))
     train_rows = build_examples(builder, sample.draws, shift=req.position_shift, seed=profile.seed)
-    valid_rows = build_examples(builder, valid_users, shift=False, seed=profile.seed + 1)
+    # Validation candidates are shuffled too: unshifted, the listwise pool lists the relevant items
+    # first, and a model trained without shifting would score perfectly by answering "A, B, C, D, E".
+    valid_rows = build_examples(builder, valid_users, shift=True, seed=profile.seed + 1)
     from transformers import AutoTokenizer
 
     from training.base_model import ensure_base_model

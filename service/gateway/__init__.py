@@ -1,0 +1,1 @@
+"""The online gateway: FastAPI app, settings, caches, retrieval and the rerank orchestration."""

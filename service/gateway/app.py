@@ -1,0 +1,260 @@
+"""The FastAPI app, built by `create_app(settings)`; the lifespan opens and closes the Redis pool,
+the vLLM client and the retrieval backbone, and loads the backing store once.
+
+Routes: POST /rerank, POST /events, POST /v1/retrieve (the embedded backbone over HTTP, the
+remote-retrieval protocol), GET /healthz, GET /readyz, GET /metrics.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.gateway.cache import KeyValueCache, cache_from_url
+from service.gateway.errors import ApiError, api_error_handler, http_error_handler, validation_error_handler
+from service.gateway.history import HistoryCache, ScoreCache
+from service.gateway.logs import configure_logging, request_id_var
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.reranker import RerankService, load_learned_fusions
+from service.gateway.retrieval import EmbeddedRetriever, RemoteRetriever, RetrievalError, Retriever
+from service.gateway.schemas import EventsRequest, EventsResponse, RerankRequest, RerankResponse, RetrieveRequest, RetrieveResponse
+from service.gateway.settings import GatewaySettings
+from service.gateway.store import InteractionStore
+from service.llm.client import LLMSettings, VLLMClient
+from service.ranking.engine import EngineConfig, RankingEngine
+from service.ranking.prompts import PromptConfig
+
+log = logging.getLogger("recranker.gateway")
+
+
+@dataclass
+class Components:
+    settings: GatewaySettings
+    store: InteractionStore
+    cache: KeyValueCache
+    histories: HistoryCache
+    retriever: Retriever
+    embedded: EmbeddedRetriever | None
+    llm: VLLMClient
+    service: RerankService
+
+
+class StartupError(RuntimeError):
+    """The gateway cannot start: a missing artefact, named with the command that makes it."""
+
+
+def prompt_config_of(model_dir: Path, dataset: str) -> PromptConfig:
+    """The prompt settings the model was tuned with (its manifest), so serving asks what it learned."""
+    manifest = model_dir / "manifest.json"
+    if manifest.is_file():
+        cfg = json.loads(manifest.read_text()).get("prompt_config")
+        if cfg:
+            return PromptConfig(**cfg)
+    return PromptConfig(domain="book" if dataset == "bookcrossing" else "movie")
+
+
+def build_components(settings: GatewaySettings) -> Components:
+    from training.data import load_dataset
+
+    tables = settings.artifacts_dir / settings.dataset
+    if not (settings.backbone_dir / "item_vectors.npy").is_file() and settings.retrieval == "embedded":
+        raise StartupError(f"{settings.backbone_dir}: no exported backbone; run `python -m training backbone --name {settings.backbone}` (or `make tune`)")
+    dataset = load_dataset(settings.dataset, settings.data_path, cache_dir=settings.cache_dir)
+    store = InteractionStore.from_dataset(dataset, settings.events_log)
+    embedded = EmbeddedRetriever.from_artifacts(settings.backbone_dir, tables) if (settings.backbone_dir / "item_vectors.npy").is_file() else None
+    if settings.retrieval == "remote":
+        if not settings.retrieval_url:
+            raise StartupError("RECRANKER_RETRIEVAL=remote needs RECRANKER_RETRIEVAL_URL")
+        retriever: Retriever = RemoteRetriever(settings.retrieval_url, settings.retrieval_timeout_s)
+    else:
+        retriever = embedded
+    cache = cache_from_url(settings.redis_url, settings.redis_timeout_s)
+    histories = HistoryCache(cache, store, settings.cache_prefix, settings.dataset, settings.history_ttl_s)
+    scores = ScoreCache(cache, settings.cache_prefix, settings.dataset, settings.result_ttl_s)
+    llm = VLLMClient(LLMSettings(base_url=settings.llm_url, model=settings.llm_model, timeout_s=settings.llm_timeout_s,
+                                 max_concurrency=settings.llm_max_concurrency, max_connections=settings.llm_max_concurrency))
+    model_dir = settings.resolved_model_dir
+    engine = RankingEngine(llm, EngineConfig(prompt=prompt_config_of(model_dir, settings.dataset), weights=dict(settings.hybrid_weights)))
+    service = RerankService(
+        settings=settings, store=store, histories=histories, scores=scores, retriever=retriever, engine=engine,
+        metrics=GatewayMetrics(), model_name=settings.llm_model, learned=load_learned_fusions(model_dir, settings.backbone),
+    )
+    return Components(settings, store, cache, histories, retriever, embedded, llm, service)
+
+
+class RequestContext:
+    """Pure ASGI middleware: request id, body size limit, in-flight gauge, latency by route and
+    outcome, and one JSON log line per request. (Starlette's BaseHTTPMiddleware costs more.)"""
+
+    def __init__(self, app, settings: GatewaySettings, metrics: GatewayMetrics):
+        self.app, self.settings, self.metrics = app, settings, metrics
+        self.log = logging.getLogger("recranker.access")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or ())
+        rid = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        scope.setdefault("state", {})["request_id"] = rid
+        started = time.perf_counter()
+        status = {"code": 500, "degraded": False}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                raw = list(message.get("headers", []))
+                raw.append((b"x-request-id", rid.encode("latin-1")))
+                message["headers"] = raw
+                status["degraded"] = any(k == b"x-degraded" for k, _ in raw)
+            await send(message)
+
+        path = scope.get("path", "")
+        route = path if path in ("/rerank", "/events", "/v1/retrieve", "/healthz", "/readyz", "/metrics") else "other"
+        self.metrics.inflight.inc()
+        try:
+            length = int(headers.get(b"content-length", b"0") or 0)
+            if length > self.settings.max_body_bytes:
+                await self._reject_too_large(send_wrapper, rid)
+            else:
+                await self.app(scope, self._bounded(receive), send_wrapper)
+        except _BodyTooLarge:
+            await self._reject_too_large(send_wrapper, rid)
+        finally:
+            self.metrics.inflight.dec()
+            seconds = time.perf_counter() - started
+            code = status["code"]
+            outcome = "server_error" if code >= 500 else "client_error" if code >= 400 else "degraded" if status["degraded"] else "ok"
+            if route not in ("/metrics", "/healthz"):
+                self.metrics.request_seconds.labels(route, outcome).observe(seconds)
+                self.log.info("request", extra={"method": scope.get("method"), "path": path, "status": code, "outcome": outcome, "duration_ms": round(seconds * 1000, 3)})
+            request_id_var.reset(token)
+
+    def _bounded(self, receive):
+        seen = 0
+        limit = self.settings.max_body_bytes
+
+        async def wrapped():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        return wrapped
+
+    async def _reject_too_large(self, send, rid: str) -> None:
+        body = json.dumps({"error": {"code": "request_too_large", "message": f"the body exceeds {self.settings.max_body_bytes} bytes", "details": None}, "request_id": rid}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        components = build_components(settings)
+        components.service.metrics = app.state.metrics
+        app.state.components = components
+        log.info("gateway ready", extra={"dataset": settings.dataset, "backbone": settings.backbone, "cache": components.cache.name,
+                                          "llm": settings.llm_url, "retrieval": settings.retrieval, "learned_fusion_m": sorted(components.service.learned)})
+        try:
+            yield
+        finally:
+            await components.llm.aclose()
+            await components.retriever.aclose()
+            await components.cache.aclose()
+
+    app = FastAPI(title="RecRanker gateway", version="0.1.0", lifespan=lifespan)
+    app.state.metrics = GatewayMetrics()
+    app.state.settings = settings
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_middleware(RequestContext, settings=settings, metrics=app.state.metrics)
+
+    def components(request: Request) -> Components:
+        return request.app.state.components
+
+    def authorized(request: Request) -> None:
+        if not settings.api_keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys):
+            raise ApiError(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.post("/rerank", response_model=RerankResponse, dependencies=[Depends(authorized)])
+    async def rerank(body: RerankRequest, request: Request, response: Response, c: Components = Depends(components)) -> RerankResponse:
+        result = await c.service.rerank(body, request.state.request_id)
+        if result.degraded:
+            response.headers["X-Degraded"] = ",".join(result.degraded_reasons)
+        return result
+
+    @app.post("/events", response_model=EventsResponse, dependencies=[Depends(authorized)])
+    async def events(body: EventsRequest, c: Components = Depends(components)) -> EventsResponse:
+        store = c.store
+        unknown_users = sorted({e.user_id for e in body.events if not store.has_user(e.user_id)})
+        if unknown_users:
+            raise ApiError(404, "unknown_user", f"{len(unknown_users)} user ids are not known", {"user_ids": unknown_users[:20]})
+        unknown_items = sorted({e.item_id for e in body.events if e.item_id not in store.items})
+        if unknown_items:
+            raise ApiError(422, "unknown_items", f"{len(unknown_items)} item ids are not in the catalogue", {"item_ids": unknown_items[:20]})
+        bad = [i for i, e in enumerate(body.events) if not store.min_rating <= e.rating <= store.max_rating]
+        if bad:
+            raise ApiError(422, "invalid_rating", f"ratings must lie in [{store.min_rating:g}, {store.max_rating:g}]", {"event_indices": bad[:20]})
+        now = int(time.time())
+        for e in body.events:
+            store.append(e.user_id, e.item_id, e.rating, e.timestamp if e.timestamp is not None else now)
+        users = sorted({e.user_id for e in body.events})
+        failed = [u for u in users if not await c.histories.invalidate(u)]
+        c.service.metrics.events.inc(len(body.events))
+        return EventsResponse(accepted=len(body.events), invalidated_users=[u for u in users if u not in failed], cache_invalidation_failed=failed)
+
+    @app.post("/v1/retrieve", response_model=RetrieveResponse, dependencies=[Depends(authorized)])
+    async def retrieve(body: RetrieveRequest, c: Components = Depends(components)) -> RetrieveResponse:
+        if c.embedded is None:
+            raise ApiError(404, "not_available", "this gateway has no embedded backbone")
+        if not c.store.has_user(body.user_id):
+            raise ApiError(404, "unknown_user", f"user {body.user_id!r} is not known to this gateway")
+        try:
+            got = await c.embedded.top_m(body.user_id, body.m, set(body.exclude))
+        except RetrievalError as exc:
+            raise ApiError(404, "unknown_user", str(exc)) from None
+        return RetrieveResponse(items=[{"item_id": i, "score": s} for i, s in zip(got.item_ids, got.scores)])
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(c: Components = Depends(components)) -> JSONResponse:
+        checks = {"cache": "ok" if await c.cache.ping() else "down", "llm": "ok" if await c.llm.healthy() else "down"}
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

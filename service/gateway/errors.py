@@ -1,0 +1,37 @@
+"""Client errors with a machine-readable code; every error body has the same shape:
+{"error": {"code", "message", "details"}, "request_id"}."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: object | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.details, self.headers = status, code, message, details, headers
+
+
+def error_response(request: Request, status: int, code: str, message: str, details: object | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details}, "request_id": getattr(request.state, "request_id", None)}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(request, exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(request, 400, "malformed_json", "the request body is not valid JSON")
+    details = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "problem": e.get("msg")} for e in errors]
+    return error_response(request, 422, "invalid_request", "the request body does not match the schema", details)
+
+
+async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return error_response(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))

@@ -1,0 +1,236 @@
+"""One rerank request from candidates to fused top-k: the gateway's request path.
+
+Stages and their budget: history (read through the cache), retrieval (when no candidates are
+given), cached task scores, the LLM tasks (whatever is left of the deadline), fusion. Any
+dependency fault degrades the answer instead of failing it: Redis down -> the backing store,
+an LLM task late, failing or answering garbage -> dropped from the fusion, no task left ->
+the backbone order. `degraded_reasons` says which of these happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.gateway.errors import ApiError
+from service.gateway.history import HistoryCache, ScoreCache, history_fingerprint
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.retrieval import RetrievalError, Retriever
+from service.gateway.schemas import RerankRequest, RerankResponse, RerankResult
+from service.gateway.settings import GatewaySettings
+from service.gateway.store import InteractionStore, UnknownItems, UnknownUser
+from service.ranking.engine import RankingEngine, seed_for
+from service.ranking.fusion import LearnedFusion, feature_matrix, hybrid_scores, rank_by
+from service.ranking.profile import build_profile, conventional_features
+from service.ranking.prompts import Candidate
+
+log = logging.getLogger("recranker.rerank")
+
+FUSION_RESERVE_S = 0.005  # kept back from the LLM's share of the deadline for fusion and the reply
+
+
+def load_learned_fusions(model_dir: Path, backbone: str) -> dict[int, LearnedFusion]:
+    """{m: model} from <model_dir>/fusion/<backbone>-m<m>-llm.lgb, written by `make eval`."""
+    out = {}
+    for path in sorted((model_dir / "fusion").glob(f"{backbone}-m*-llm.lgb")):
+        match = re.fullmatch(rf"{re.escape(backbone)}-m(\d+)-llm\.lgb", path.name)
+        if match:
+            out[int(match.group(1))] = LearnedFusion.load(path)
+    return out
+
+
+@dataclass
+class RequestTrace:
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    cache: dict[str, str] = field(default_factory=dict)
+
+    def degrade(self, reason: str) -> None:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+@dataclass
+class RerankService:
+    settings: GatewaySettings
+    store: InteractionStore
+    histories: HistoryCache
+    scores: ScoreCache
+    retriever: Retriever
+    engine: RankingEngine
+    metrics: GatewayMetrics
+    model_name: str
+    learned: dict[int, LearnedFusion] = field(default_factory=dict)
+
+    def _stage(self, trace: RequestTrace, stage: str, seconds: float) -> None:
+        trace.timings[stage] = round(seconds * 1000, 3)
+        self.metrics.stage_seconds.labels(stage).observe(seconds)
+
+    async def rerank(self, req: RerankRequest, request_id: str) -> RerankResponse:
+        s = self.settings
+        trace = RequestTrace()
+        budget_s = min(req.deadline_ms or s.default_deadline_ms, s.max_deadline_ms) / 1000
+        k = min(req.k or s.default_k, s.max_k)
+        tasks = list(dict.fromkeys(req.tasks if req.tasks is not None else s.default_tasks))
+        if not self.store.has_user(req.user_id):
+            raise ApiError(404, "unknown_user", f"user {req.user_id!r} is not known to this gateway")
+        if req.candidates is not None:
+            if not req.candidates:
+                raise ApiError(422, "no_candidates", "candidates is empty; omit it to let the backbone retrieve them")
+            if len(req.candidates) > s.max_candidates:
+                raise ApiError(422, "too_many_candidates", f"{len(req.candidates)} candidates; at most {s.max_candidates}", {"max_candidates": s.max_candidates})
+            if len(set(req.candidates)) != len(req.candidates):
+                raise ApiError(422, "duplicate_candidates", "candidate ids must be unique")
+            try:
+                self.store.check_items(req.candidates)
+            except UnknownItems as exc:
+                raise ApiError(422, "unknown_items", f"{len(exc.item_ids)} candidate ids are not in the catalogue", {"item_ids": exc.item_ids[:20]}) from None
+        elif req.m is not None and req.m > s.max_candidates:
+            raise ApiError(422, "too_many_candidates", f"m={req.m}; at most {s.max_candidates}", {"max_candidates": s.max_candidates})
+
+        t = time.perf_counter()
+        try:
+            read = await self.histories.get(req.user_id)
+        except UnknownUser:
+            raise ApiError(404, "unknown_user", f"user {req.user_id!r} is not known to this gateway") from None
+        history = read.value
+        self.metrics.cache_requests.labels("history", read.result).inc()
+        trace.cache["history"] = read.result
+        if read.result == "error":
+            trace.degrade("cache_unavailable")
+        self._stage(trace, "history", time.perf_counter() - t)
+
+        t = time.perf_counter()
+        if req.candidates is None:
+            try:
+                retrieved = await asyncio.wait_for(
+                    self.retriever.top_m(req.user_id, req.m or s.default_m, {e.item_id for e in history}), timeout=max(0.001, budget_s - trace.elapsed())
+                )
+            except (RetrievalError, TimeoutError) as exc:
+                self._stage(trace, "retrieval", time.perf_counter() - t)
+                raise ApiError(503, "retrieval_unavailable", f"the retrieval backbone failed and no candidates were given: {exc}") from None
+            item_ids, backbone_scores = retrieved.item_ids, retrieved.scores
+        else:
+            item_ids = list(req.candidates)
+            backbone_scores = await self.retriever.score(req.user_id, item_ids) if s.retrieval == "embedded" else None
+        self._stage(trace, "retrieval", time.perf_counter() - t)
+        if not item_ids:
+            raise ApiError(422, "no_candidates", "the backbone returned no candidates for this user")
+
+        catalog = [self.store.items[i] for i in item_ids]
+        utilities, repaired = await self._task_utilities(req, tasks, history, catalog, budget_s, trace)
+
+        t = time.perf_counter()
+        fusion_used = req.fusion
+        m = len(item_ids)
+        if req.fusion == "learned" and self.learned:
+            model = self.learned[min(self.learned, key=lambda mm: (abs(mm - m), mm))]
+            liked = [e.genres for e in history if e.rating >= self.store.liked_at_least]
+            extra = conventional_features(liked, [c.genres for c in catalog], [self.store.popularity.get(c.item_id, 0) for c in catalog])
+            features = feature_matrix(
+                m, pointwise=utilities.get("pointwise"), pairwise=utilities.get("pairwise"), listwise=utilities.get("listwise"),
+                backbone_scores=None if backbone_scores is None else np.asarray(backbone_scores, dtype=float), extra=extra,
+            )
+            fused = model.predict(features)
+        else:
+            if req.fusion == "learned":
+                trace.degrade("learned_fusion_unavailable")
+                fusion_used = "hybrid"
+            if utilities:
+                fused = hybrid_scores(utilities, {t_: w for t_, w in s.hybrid_weights.items() if t_ in utilities})
+            else:
+                fused = np.arange(m, 0, -1, dtype=float)  # the backbone order
+        fused = np.where(np.isfinite(fused), fused, -math.inf)
+        order = rank_by(fused)
+        self._stage(trace, "fusion", time.perf_counter() - t)
+
+        finite = fused[np.isfinite(fused)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        results = []
+        for idx in order[:k]:
+            value = float(fused[idx])
+            rel = 0.0 if not math.isfinite(value) else (1.0 if hi == lo else (value - lo) / (hi - lo))
+            results.append(RerankResult(
+                item_id=item_ids[idx], index=idx, relevance_score=round(rel, 6), backbone_rank=idx + 1,
+                scores={t_: round(float(u[idx]), 6) for t_, u in utilities.items()},
+            ))
+        for reason in trace.reasons:
+            self.metrics.degraded.labels(reason).inc()
+        trace.timings["total"] = round(trace.elapsed() * 1000, 3)
+        return RerankResponse(
+            request_id=request_id, user_id=req.user_id, model=self.model_name, fusion=fusion_used, results=results,
+            tasks_used=sorted(utilities), degraded=bool(trace.reasons), degraded_reasons=trace.reasons,
+            repaired_answers=repaired, cache=trace.cache, timings_ms=trace.timings,
+        )
+
+    async def _task_utilities(self, req, tasks, history, catalog, budget_s: float, trace: RequestTrace) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Utilities of the tasks that finished in time with usable answers, cached ones first."""
+        if not tasks:
+            return {}, {}
+        item_ids = [c.item_id for c in catalog]
+        fingerprint = history_fingerprint(history)
+        keys = {t_: self.scores.key(self.model_name, req.user_id, fingerprint, item_ids, t_) for t_ in tasks}
+        utilities: dict[str, np.ndarray] = {}
+        repaired: dict[str, int] = {}
+        missing = list(tasks)
+        if req.use_cache:
+            t = time.perf_counter()
+            reads = await asyncio.gather(*(self.scores.get(keys[t_]) for t_ in tasks))
+            self._stage(trace, "result_cache", time.perf_counter() - t)
+            missing = []
+            for task, read in zip(tasks, reads):
+                self.metrics.cache_requests.labels("result", read.result).inc()
+                if read.value is not None:
+                    utilities[task] = np.asarray(read.value["utility"], dtype=float)
+                    repaired[task] = int(read.value.get("repaired", 0))
+                else:
+                    missing.append(task)
+            trace.cache["result"] = "hit" if not missing else ("miss" if len(missing) == len(tasks) else "partial")
+            if any(r.result == "error" for r in reads):
+                trace.degrade("cache_unavailable")
+        if not missing:
+            return utilities, repaired
+
+        remaining = budget_s - trace.elapsed() - FUSION_RESERVE_S
+        if remaining <= 0:
+            for task in missing:
+                self.metrics.llm_errors.labels(task, "deadline").inc()
+            trace.degrade("llm_deadline")
+            return utilities, repaired
+        profile = build_profile(history, self.store.liked_at_least, self.store.disliked_at_most, self.store.demographics(req.user_id))
+        candidates = [Candidate(c.title, backbone_rank=i + 1) for i, c in enumerate(catalog)]
+        result = await self.engine.rank(profile, candidates, tasks=missing, deadline_s=remaining, seed=seed_for(req.user_id))
+        writes = []
+        for task in missing:
+            out = result.outcomes[task]
+            self.metrics.stage_seconds.labels(f"llm_{task}").observe(out.seconds)
+            trace.timings[f"llm_{task}"] = round(out.seconds * 1000, 3)
+            if out.error is not None:
+                kind = "deadline" if out.error == "deadline" else "error"
+                self.metrics.llm_errors.labels(task, kind).inc()
+                trace.degrade("llm_deadline" if kind == "deadline" else "llm_unavailable")
+                log.warning("llm task dropped", extra={"task": task, "error": out.error[:200]})
+                continue
+            if out.invalid_answers:
+                self.metrics.llm_repaired.labels(task).inc(out.invalid_answers)
+            if out.prompts and out.invalid_answers >= out.prompts:
+                self.metrics.llm_errors.labels(task, "invalid").inc()
+                trace.degrade("llm_invalid_answers")
+                continue
+            utilities[task] = out.utility
+            repaired[task] = out.invalid_answers
+            writes.append(self.scores.put(keys[task], {"utility": [float(x) for x in out.utility], "repaired": out.invalid_answers}))
+        if writes and req.use_cache:
+            await asyncio.gather(*writes)
+        return utilities, repaired

@@ -1,0 +1,77 @@
+"""Every gateway setting, from environment variables prefixed RECRANKER_ (or a .env file).
+
+One object, built once at start-up and handed to whatever needs it; nothing reads os.environ
+elsewhere in the request path. deploy/.env.example lists them all with their defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+TaskName = Literal["pointwise", "pairwise", "listwise"]
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECRANKER_", env_file=".env", extra="ignore")
+
+    # Where the offline pipeline left its outputs.
+    artifacts_dir: Path = Path("artifacts")
+    cache_dir: Path = Path(".cache")
+    dataset: str = "ml-100k"
+    data_path: Path | None = None  # original files; default the embedded ML-100K
+    backbone: str = "lightgcn"
+    model_dir: Path | None = None  # default <artifacts>/<dataset>/model
+
+    # Retrieval backbone: scored in process from its artefacts, or a remote HTTP service.
+    retrieval: Literal["embedded", "remote"] = "embedded"
+    retrieval_url: str | None = None
+    retrieval_timeout_s: float = 0.5
+
+    # The LLM: vLLM's OpenAI-compatible server.
+    llm_url: str = "http://127.0.0.1:8000"
+    llm_model: str = "recranker"
+    llm_timeout_s: float = 30.0
+    llm_max_concurrency: int = 256
+
+    # Redis: the read-through cache of histories and of per-user task scores.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_s: float = 0.1
+    cache_prefix: str = "recranker"
+    history_ttl_s: int = 3600
+    result_ttl_s: int = 600
+    events_log: Path | None = None  # append-only JSONL of POST /events, replayed at start
+
+    # Requests.
+    default_m: int = 10
+    default_k: int = 10
+    max_candidates: int = 26  # listwise letters A-Z
+    max_k: int = 100
+    max_body_bytes: int = 64 * 1024
+    default_deadline_ms: int = 5000
+    max_deadline_ms: int = 30000
+    default_tasks: tuple[TaskName, ...] = ("pointwise", "pairwise", "listwise")
+    hybrid_weights: dict[str, float] = Field(default_factory=lambda: {"pointwise": 1 / 3, "pairwise": 1 / 3, "listwise": 1 / 3})
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()  # comma-separated; empty = no auth
+
+    log_level: str = "INFO"
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return self.model_dir or self.artifacts_dir / self.dataset / "model"
+
+    @property
+    def backbone_dir(self) -> Path:
+        return self.artifacts_dir / self.dataset / "backbones" / self.backbone

@@ -1,0 +1,192 @@
+"""`make bench`: start `make serve`'s stack, load it from this (second) process, then run the
+paper-style baseline on the same model and hardware, and write reports/bench.json.
+
+Scenarios:
+  gateway_only  LLM tasks off (`tasks: []`), open loop at --rate requests/s: the gateway's own cost
+  hybrid        all three tasks through the gateway, no score cache, --users users, --concurrency in flight
+  baseline      the same users and candidates, the same 2m+1 prompts answered as free text at
+                temperature 0.1 and parsed, straight to a vLLM server without prefix caching
+speedup_vs_baseline = hybrid users/s / baseline users/s at the same concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from service.gateway.app import prompt_config_of
+from service.gateway.settings import GatewaySettings
+from service.gateway.store import InteractionStore
+from service.llm.client import LLMSettings, VLLMClient
+from service.llm.vllm_server import VLLMServer, free_port
+from service.loadtest.baseline import baseline_rank
+from service.loadtest.load import Outcome, closed_loop, open_loop, summarise
+from service.ranking.engine import seed_for
+from service.ranking.profile import build_profile
+from service.ranking.prompts import Candidate
+
+console = Console()
+
+
+def start_stack(settings: GatewaySettings, port: int, llm_port: int, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, RECRANKER_PORT=str(port), RECRANKER_HOST="127.0.0.1", RECRANKER_LOG_LEVEL="WARNING")
+    out = log.open("wb")
+    return subprocess.Popen([sys.executable, "-m", "service.gateway.stack", "--llm-port", str(llm_port)], env=env,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def wait_ready(base: str, process: subprocess.Popen, log: Path, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the stack exited with {process.returncode}; see {log}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"the stack was not ready after {timeout_s:.0f}s; see {log}")
+
+
+async def gateway_scenarios(base: str, users: list[str], all_users: list[str], args) -> tuple[dict, dict[str, list[str]]]:
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
+        rng = random.Random(0)
+
+        async def gateway_only(i: int) -> Outcome:
+            r = await http.post("/rerank", json={"user_id": rng.choice(all_users), "tasks": [], "m": args.m, "k": 10})
+            return Outcome(0.0, r.status_code == 200, r.status_code == 200 and r.json()["degraded"])
+
+        candidates: dict[str, list[str]] = {}
+
+        async def hybrid(i: int) -> Outcome:
+            user = users[i % len(users)]
+            body = {"user_id": user, "m": args.m, "k": args.m, "use_cache": False, "deadline_ms": 120_000}
+            r = await http.post("/rerank", json=body)
+            if r.status_code != 200:
+                return Outcome(0.0, False)
+            data = r.json()
+            candidates[user] = [x["item_id"] for x in sorted(data["results"], key=lambda x: x["index"])]
+            return Outcome(0.0, True, data["degraded"], sum(data["repaired_answers"].values()))
+
+        console.print("warm-up ...")
+        await closed_loop(gateway_only, 200, 20)
+        await closed_loop(hybrid, args.concurrency, args.concurrency)
+        console.print(f"gateway_only: {args.rate} requests/s for {args.duration}s, LLM tasks off")
+        outcomes, wall = await open_loop(gateway_only, args.rate, args.duration)
+        scenarios = {"gateway_only": summarise(outcomes, wall, target_rps=args.rate).as_dict()}
+        console.print(f"hybrid: {len(users)} users, {args.concurrency} in flight, m={args.m}")
+        outcomes, wall = await closed_loop(hybrid, len(users), args.concurrency)
+        scenarios["hybrid"] = summarise(outcomes, wall, users=len(users), concurrency=args.concurrency, repaired_answers=sum(o.invalid for o in outcomes)).as_dict()
+    return scenarios, candidates
+
+
+async def baseline_scenario(server: VLLMServer, store: InteractionStore, settings: GatewaySettings, candidates: dict[str, list[str]], args) -> dict:
+    cfg = prompt_config_of(settings.resolved_model_dir, settings.dataset)
+    llm = VLLMClient(LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=600, max_concurrency=256, max_connections=256))
+    users = list(candidates)
+    failed = 0
+
+    async def one(i: int) -> Outcome:
+        nonlocal failed
+        user = users[i % len(users)]
+        profile = build_profile(store.history(user), store.liked_at_least, store.disliked_at_most, store.demographics(user))
+        cands = [Candidate(store.items[item].title, backbone_rank=r + 1) for r, item in enumerate(candidates[user])]
+        _, bad = await baseline_rank(llm, profile, cands, cfg, seed_for(user))
+        failed += bad
+        return Outcome(0.0, True)
+
+    try:
+        await closed_loop(one, args.concurrency, args.concurrency)  # warm-up
+        failed = 0
+        outcomes, wall = await closed_loop(one, len(users), args.concurrency)
+    finally:
+        await llm.aclose()
+    prompts = 2 * args.m + 1 - (args.m % 2)
+    return summarise(outcomes, wall, users=len(users), concurrency=args.concurrency, prompts_per_user=prompts, failed_parses=failed).as_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m service.loadtest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, default=40)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--m", type=int, default=10)
+    p.add_argument("--rate", type=float, default=100.0)
+    p.add_argument("--duration", type=float, default=20.0)
+    p.add_argument("--out", type=Path, default=Path("reports/bench.json"))
+    args = p.parse_args(argv)
+    settings = GatewaySettings()
+    if not (settings.resolved_model_dir / "config.json").is_file():
+        console.print(f"[red]error:[/red] {settings.resolved_model_dir}: no tuned model; run `make tune` first")
+        return 2
+    from training.data import load_dataset
+
+    store = InteractionStore.from_dataset(load_dataset(settings.dataset, settings.data_path, cache_dir=settings.cache_dir))
+    all_users = sorted(store.users)
+    users = random.Random(1).sample(all_users, args.users)
+    port, llm_port = free_port(), free_port()
+    logs = settings.cache_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / "bench-stack.log"
+    base = f"http://127.0.0.1:{port}"
+    console.print(f"starting the stack (make serve) on {base}, log {log} ...")
+    stack = start_stack(settings, port, llm_port, log)
+    try:
+        wait_ready(base, stack, log)
+        scenarios, candidates = asyncio.run(gateway_scenarios(base, users, all_users, args))
+    finally:
+        stop(stack)
+    console.print("baseline: vLLM without prefix caching, free-text answers ...")
+    with VLLMServer(settings.resolved_model_dir, cache_dir=settings.cache_dir / "vllm", prefix_caching=False, log_file=logs / "bench-baseline-vllm.log") as server:
+        scenarios["baseline"] = asyncio.run(baseline_scenario(server, store, settings, candidates, args))
+    speedup = scenarios["hybrid"]["rps"] / scenarios["baseline"]["rps"]
+    report = {
+        "scenarios": scenarios,
+        "speedup_vs_baseline": round(speedup, 2),
+        "latency_ratio_p50": round(scenarios["baseline"]["p50_ms"] / scenarios["hybrid"]["p50_ms"], 2),
+        "gateway_overhead_p99_ms": scenarios["gateway_only"]["p99_ms"],
+        "setup": {
+            "m": args.m, "users": args.users, "concurrency": args.concurrency, "rate": args.rate, "duration_s": args.duration,
+            "model": str(settings.resolved_model_dir), "backbone": settings.backbone, "dataset": settings.dataset,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    table = Table(title=f"bench ({args.out})")
+    for col in ("scenario", "requests", "errors", "degraded", "rps", "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(col)
+    for name, s in scenarios.items():
+        table.add_row(name, str(s["requests"]), str(s["errors"]), str(s["degraded"]), f"{s['rps']:.2f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}")
+    console.print(table)
+    console.print(f"hybrid vs baseline: {speedup:.2f}x users/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The gateway's parts on their own: retrieval, caches (the real Redis), settings, logs, the
+profile and features shared with training, and the load-test arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import uuid
+
+import numpy as np
+import pytest
+
+from service.gateway.cache import CacheUnavailable, MemoryCache, RedisCache
+from service.gateway.history import HistoryCache, ScoreCache, history_fingerprint
+from service.gateway.logs import JsonFormatter, request_id_var
+from service.gateway.retrieval import EmbeddedRetriever, RetrievalError
+from service.gateway.settings import GatewaySettings
+from service.gateway.store import InteractionStore, UnknownItems, UnknownUser
+from service.loadtest.baseline import parse_rating, parse_yes_no
+from service.loadtest.load import Outcome, summarise
+from service.ranking.profile import HistoryEvent, build_profile, conventional_features
+from tests.conftest import synthetic_dataset
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def retriever() -> EmbeddedRetriever:
+    users = np.array([[1.0, 0.0], [0.0, 1.0]])
+    items = np.array([[3.0, 0.0], [2.0, 5.0], [2.0, 1.0], [1.0, 4.0], [2.0, 0.0]])
+    return EmbeddedRetriever("mf", users, items, ["u1", "u2"], ["a", "b", "c", "d", "e"])
+
+
+def test_embedded_retrieval_ranks_by_dot_product_skips_excluded_items_and_breaks_ties_by_catalogue_order():
+    got = run(retriever().top_m("u1", 3, exclude={"a"}))
+    assert got.item_ids == ["b", "c", "e"]  # scores 2, 2, 2 after a (3) is excluded: catalogue order
+    assert got.scores == [2.0, 2.0, 2.0]
+    assert run(retriever().top_m("u2", 10, exclude=set())).item_ids == ["b", "d", "c", "a", "e"]
+
+
+def test_embedded_retrieval_never_returns_more_than_the_unexcluded_catalogue_and_rejects_unknown_users():
+    assert run(retriever().top_m("u1", 10, exclude={"a", "b", "c"})).item_ids == ["e", "d"]
+    with pytest.raises(RetrievalError):
+        run(retriever().top_m("nobody", 3, exclude=set()))
+
+
+def test_memory_cache_expires_entries_after_their_ttl():
+    cache = MemoryCache()
+    run(cache.set("k", b"v", ttl_s=0))
+    assert run(cache.get("k")) is None
+    run(cache.set("k", b"v", ttl_s=60))
+    assert run(cache.get("k")) == b"v"
+
+
+def test_redis_cache_reports_a_dead_server_as_cache_unavailable():
+    from service.llm.vllm_server import free_port
+
+    async def go():
+        cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.1)
+        try:
+            with pytest.raises(CacheUnavailable):
+                await cache.get("k")
+            assert await cache.ping() is False
+        finally:
+            await cache.aclose()
+
+    run(go())
+
+
+@pytest.fixture
+def store():
+    return InteractionStore.from_dataset(synthetic_dataset(n_users=4, n_items=10, per_user=3))
+
+
+def test_history_cache_reads_through_the_real_redis_and_an_invalidation_forces_a_reread(store):
+    prefix = f"recranker-unit-{uuid.uuid4().hex[:8]}"
+
+    async def go():
+        cache = RedisCache("redis://127.0.0.1:6379/0")
+        histories = HistoryCache(cache, store, prefix, "synthetic", ttl_s=60)
+        try:
+            first = await histories.get("0")
+            second = await histories.get("0")
+            store.append("0", "9", 5.0, 10**9)
+            stale = await histories.get("0")
+            assert await histories.invalidate("0")
+            fresh = await histories.get("0")
+        finally:
+            await cache.delete(histories.key("0"))
+            await cache.aclose()
+        return first, second, stale, fresh
+
+    first, second, stale, fresh = run(go())
+    assert (first.result, second.result, stale.result, fresh.result) == ("miss", "hit", "hit", "miss")
+    assert second.value == first.value and len(stale.value) == len(first.value)  # the cache, until invalidated
+    assert fresh.value[-1].item_id == "9" and len(fresh.value) == len(first.value) + 1
+
+
+def test_score_cache_keys_change_with_the_history_candidates_task_and_model():
+    scores = ScoreCache(MemoryCache(), "p", "ds", 60)
+    base = scores.key("model", "u", "fp", ["a", "b"], "pointwise")
+    assert len({base, scores.key("model", "u", "fp2", ["a", "b"], "pointwise"), scores.key("model", "u", "fp", ["b", "a"], "pointwise"),
+                scores.key("model", "u", "fp", ["a", "b"], "pairwise"), scores.key("other", "u", "fp", ["a", "b"], "pointwise")}) == 5
+    h = [HistoryEvent("A", 5.0, (), "a")]
+    assert history_fingerprint(h) != history_fingerprint([*h, HistoryEvent("B", 4.0, (), "b")])
+
+
+def test_the_store_rejects_unknown_users_and_items_and_keeps_appended_events_in_time_order(store, tmp_path):
+    with pytest.raises(UnknownUser):
+        store.history("nobody")
+    with pytest.raises(UnknownItems) as err:
+        store.check_items(["1", "nope"])
+    assert err.value.item_ids == ["nope"]
+    store.append("1", "2", 4.0, 0)  # older than everything: goes first
+    assert store.history("1")[0].item_id == "2"
+
+
+def test_events_are_logged_before_they_are_applied_and_replayed_on_restart(tmp_path):
+    log = tmp_path / "events.jsonl"
+    dataset = synthetic_dataset(n_users=4, n_items=10, per_user=3)
+    first = InteractionStore.from_dataset(dataset, log)
+    first.append("1", "7", 2.0, 10**10)
+    restarted = InteractionStore.from_dataset(dataset, log)
+    assert restarted.history("1")[-1].item_id == "7" and restarted.history("1") == first.history("1")
+
+
+def test_settings_come_from_prefixed_environment_variables(monkeypatch):
+    monkeypatch.setenv("RECRANKER_API_KEYS", "one, two,")
+    monkeypatch.setenv("RECRANKER_DEFAULT_TASKS", '["pointwise", "listwise"]')
+    monkeypatch.setenv("RECRANKER_BACKBONE", "sasrec")
+    s = GatewaySettings(_env_file=None)
+    assert s.api_keys == ("one", "two") and s.default_tasks == ("pointwise", "listwise") and s.backbone == "sasrec"
+    assert str(s.backbone_dir).endswith("ml-100k/backbones/sasrec")
+
+
+def test_log_lines_are_json_with_the_request_id():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("recranker.unit-test")
+    logger.addHandler(handler)
+    token = request_id_var.set("req-42")
+    try:
+        logger.warning("llm task dropped", extra={"task": "pairwise"})
+    finally:
+        request_id_var.reset(token)
+        logger.removeHandler(handler)
+    entry = json.loads(stream.getvalue())
+    assert entry["request_id"] == "req-42" and entry["task"] == "pairwise" and entry["level"] == "warning"
+
+
+def test_profiles_split_liked_and_disliked_by_the_dataset_scale_in_time_order():
+    history = [HistoryEvent("A", 5), HistoryEvent("B", 3), HistoryEvent("C", 1), HistoryEvent("D", 4)]
+    profile = build_profile(history, liked_at_least=4, disliked_at_most=2)
+    assert [i.title for i in profile.liked] == ["A", "D"] and [i.title for i in profile.disliked] == ["C"]
+
+
+def test_conventional_features_count_genre_overlap_per_liked_item_and_log_popularity():
+    feats = conventional_features([("Drama",), ("Drama", "War")], [("Drama",), ("War", "Drama"), ("Comedy",)], [0, 9, 99])
+    assert feats["genre_overlap"].tolist() == [1.0, 1.5, 0.0]
+    assert np.allclose(feats["log_popularity"], np.log1p([0, 9, 99]))
+
+
+def test_baseline_parsers_read_free_text_like_the_reference_code():
+    assert parse_rating("I think 4.", 5) == 4.0 and parse_rating("rating: 9", 5) is None and parse_rating("great!", 5) is None
+    assert parse_yes_no("Yes, because") is True and parse_yes_no("no.") is False and parse_yes_no("maybe") is None
+
+
+def test_latency_summaries_report_percentiles_and_throughput():
+    outcomes = [Outcome(seconds=s / 1000, ok=s != 100) for s in range(1, 101)]
+    summary = summarise(outcomes, wall_s=2.0)
+    assert summary.requests == 100 and summary.errors == 1 and summary.rps == 50.0
+    assert summary.p50_ms == pytest.approx(50.5) and summary.p99_ms == pytest.approx(99.01)
