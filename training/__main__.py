@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-users", type=int, default=200)
     p.add_argument("--valid-users", type=int, default=200)
     p.add_argument("--model-dir", type=Path, default=None, help="default artifacts/<dataset>/model")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="default: bfloat16 where the CPU has bf16 instructions, else float32")
     p.set_defaults(func=cmd_eval)
     return parser
 

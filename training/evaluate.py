@@ -24,6 +24,7 @@ from rich.console import Console
 from tqdm.auto import tqdm
 
 from service.llm.client import LLMSettings, VLLMClient
+from service.llm.hardware import default_cpu_dtype
 from service.llm.vllm_server import VLLMServer
 from service.ranking.engine import EngineConfig, RankingEngine, seed_for
 from service.ranking.fusion import (
@@ -59,7 +60,7 @@ class EvalRequest:
     seed: int = 2024
     model_dir: Path | None = None  # default artifacts/<dataset>/model
     concurrent_users: int = 4
-    dtype: str = "bfloat16"
+    dtype: str | None = None  # default: bfloat16 where the CPU has bf16 instructions, else float32
     bootstrap: int = 1000
 
 
@@ -334,8 +335,8 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     prompt_cfg = PromptConfig(**manifest["prompt_config"])
     out = []
-    with VLLMServer(model_dir, dtype=req.dtype, cache_dir=paths.cache / "vllm", log_file=paths.cache / "vllm" / "eval.log") as server:
-        console.print(f"vLLM ready at {server.base_url} ({req.dtype}, prefix caching on)")
+    with VLLMServer(model_dir, dtype=req.dtype or default_cpu_dtype(), cache_dir=paths.cache / "vllm", log_file=paths.cache / "vllm" / "eval.log") as server:
+        console.print(f"vLLM ready at {server.base_url} ({server.dtype}, prefix caching on)")
         llm = LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=300)
         for backbone in req.backbones:
             report = evaluate_backbone(req, paths, split, backbone, llm, prompt_cfg, manifest["run_key"], model_dir)

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from service.gateway.app import create_app
 from service.gateway.settings import GatewaySettings
+from service.llm.hardware import default_cpu_dtype
 from service.llm.vllm_server import VLLMServer, VLLMServerError
 
 console = Console(stderr=True)
@@ -32,7 +33,7 @@ def redis_reachable(url: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.gateway.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm-port", type=int, default=8000)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="default: bfloat16 where the CPU has bf16 instructions, else float32")
     parser.add_argument("--no-prefix-caching", action="store_true", help="vLLM without prefix caching (for comparisons only)")
     args = parser.parse_args(argv)
     settings = GatewaySettings()
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         updates["redis_url"] = "memory://"
     logs = settings.cache_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    server = VLLMServer(model_dir, port=args.llm_port, dtype=args.dtype, prefix_caching=not args.no_prefix_caching,
+    server = VLLMServer(model_dir, port=args.llm_port, dtype=args.dtype or default_cpu_dtype(), prefix_caching=not args.no_prefix_caching,
                         cache_dir=settings.cache_dir / "vllm", log_file=logs / "vllm.log")
     console.print(f"starting vLLM on {server.base_url} with {model_dir} (log: {logs / 'vllm.log'}) ...")
     # SIGTERM (docker stop, the bench) ends the stack like Ctrl-C does

@@ -220,3 +220,45 @@ def test_redis_stopped_mid_test_falls_back_to_the_backing_store(tiny_export, tin
     assert event.status_code == 200 and event.json()["cache_invalidation_failed"] == ["5"]
     assert errors >= 1
     assert ready.status_code == 503 and ready.json()["checks"]["cache"] == "down"
+
+
+@pytest.fixture(scope="module")
+def retrieval_service(tiny_export, tiny_artifacts):
+    """A second gateway, in a uvicorn thread, whose POST /v1/retrieve is the remote backbone."""
+    import threading
+
+    import uvicorn
+
+    settings = settings_for(tiny_artifacts, f"http://127.0.0.1:{free_port()}", log_level="WARNING")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(600):
+        if server.started:
+            break
+        time.sleep(0.1)
+    assert server.started, "the retrieval gateway did not start"
+    yield f"http://127.0.0.1:{port}/v1/retrieve"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_remote_retrieval_gives_the_same_candidates_as_the_embedded_backbone(tiny_artifacts, vllm_tiny, retrieval_service, live):
+    embedded_client, _ = live
+    settings = settings_for(tiny_artifacts, vllm_tiny.base_url, retrieval="remote", retrieval_url=retrieval_service)
+    with TestClient(create_app(settings)) as client:
+        remote = client.post("/rerank", json={"user_id": "9", "m": 7, "k": 7, "tasks": []}).json()
+    embedded = embedded_client.post("/rerank", json={"user_id": "9", "m": 7, "k": 7, "tasks": []}).json()
+    assert [r["item_id"] for r in remote["results"]] == [r["item_id"] for r in embedded["results"]]
+    drop_keys(settings.cache_prefix)
+
+
+def test_a_dead_remote_backbone_is_a_503_without_candidates_and_no_problem_with_them(tiny_artifacts, vllm_tiny):
+    settings = settings_for(tiny_artifacts, vllm_tiny.base_url, retrieval="remote", retrieval_url=f"http://127.0.0.1:{free_port()}/v1/retrieve")
+    with TestClient(create_app(settings)) as client:
+        without = client.post("/rerank", json={"user_id": USER, "tasks": []})
+        given = client.post("/rerank", json={"user_id": USER, "tasks": [], "candidates": ["1", "2", "3"]})
+    assert without.status_code == 503 and without.json()["error"]["code"] == "retrieval_unavailable"
+    assert given.status_code == 200 and [r["item_id"] for r in given.json()["results"]] == ["1", "2", "3"]
+    drop_keys(settings.cache_prefix)
