@@ -10,7 +10,7 @@ PROFILE ?= cpu
 HINT_BACKBONE ?= lightgcn
 SAMPLING ?= adaptive
 
-.PHONY: install data backbones tune ablate eval serve bench test test-all lint clean
+.PHONY: install data backbones tune ablate eval serve bench deploy-check dashboards test test-all lint clean
 
 $(PY):
 	python3.11 -m venv $(VENV)
@@ -57,6 +57,17 @@ serve: $(PY)
 bench: $(PY)
 	$(PY) -m service.loadtest
 
+# Deployment checks without a Docker engine: compose, Dockerfiles (hadolint), Prometheus config
+# (promtool), dashboards vs their generator, Kubernetes schemas, a real Prometheus scraping a gateway.
+deploy-check: $(PY)
+	bash deploy/install-tools.sh
+	$(PY) deploy/grafana/generate.py --check
+	$(PY) -m pytest tests/deploy tests/integration/test_deploy_prometheus.py -k "not vllm_server" -q
+
+# Regenerates deploy/grafana/provisioning/dashboards/*.json from deploy/grafana/generate.py.
+dashboards: $(PY)
+	$(PY) deploy/grafana/generate.py
+
 test: $(PY)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
@@ -67,4 +78,4 @@ clean:
 	rm -rf artifacts reports/*.png .pytest_cache
 
 lint: $(PY)
-	$(PY) -m ruff check service training tests
+	$(PY) -m ruff check service training tests deploy

@@ -7,6 +7,7 @@ remote-retrieval protocol), GET /healthz, GET /readyz, GET /metrics.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -22,8 +23,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.gateway.cache import KeyValueCache, cache_from_url
-from service.gateway.errors import ApiError, api_error_handler, http_error_handler, validation_error_handler
+from service.gateway.cache import KeyValueCache, RedisCache, cache_from_url
+from service.gateway.errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler, validation_error_handler
+from service.gateway.events import EventBus
 from service.gateway.history import HistoryCache, ScoreCache
 from service.gateway.logs import configure_logging, request_id_var
 from service.gateway.metrics import GatewayMetrics
@@ -49,6 +51,7 @@ class Components:
     embedded: EmbeddedRetriever | None
     llm: VLLMClient
     service: RerankService
+    events: EventBus | None = None  # None with the in-process cache (a single gateway)
 
 
 class StartupError(RuntimeError):
@@ -91,7 +94,8 @@ def build_components(settings: GatewaySettings) -> Components:
         settings=settings, store=store, histories=histories, scores=scores, retriever=retriever, engine=engine,
         metrics=GatewayMetrics(), model_name=settings.llm_model, learned=load_learned_fusions(model_dir, settings.backbone),
     )
-    return Components(settings, store, cache, histories, retriever, embedded, llm, service)
+    events = EventBus(settings.redis_url, settings.cache_prefix, settings.dataset, store, histories) if isinstance(cache, RedisCache) else None
+    return Components(settings, store, cache, histories, retriever, embedded, llm, service, events)
 
 
 class RequestContext:
@@ -137,7 +141,7 @@ class RequestContext:
             seconds = time.perf_counter() - started
             code = status["code"]
             outcome = "server_error" if code >= 500 else "client_error" if code >= 400 else "degraded" if status["degraded"] else "ok"
-            if route not in ("/metrics", "/healthz"):
+            if route not in ("/metrics", "/healthz", "/readyz"):  # probes would drown the request metrics
                 self.metrics.request_seconds.labels(route, outcome).observe(seconds)
                 self.log.info("request", extra={"method": scope.get("method"), "path": path, "status": code, "outcome": outcome, "duration_ms": round(seconds * 1000, 3)})
             request_id_var.reset(token)
@@ -176,11 +180,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         components = build_components(settings)
         components.service.metrics = app.state.metrics
         app.state.components = components
+        follower = None
+        if components.events is not None:
+            await components.events.catch_up()
+            follower = asyncio.create_task(components.events.follow())
         log.info("gateway ready", extra={"dataset": settings.dataset, "backbone": settings.backbone, "cache": components.cache.name,
                                           "llm": settings.llm_url, "retrieval": settings.retrieval, "learned_fusion_m": sorted(components.service.learned)})
         try:
             yield
         finally:
+            if follower is not None:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+                await components.events.aclose()
             await components.llm.aclose()
             await components.retriever.aclose()
             await components.cache.aclose()
@@ -191,6 +203,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
     app.add_middleware(RequestContext, settings=settings, metrics=app.state.metrics)
 
     def components(request: Request) -> Components:
@@ -224,12 +237,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if bad:
             raise ApiError(422, "invalid_rating", f"ratings must lie in [{store.min_rating:g}, {store.max_rating:g}]", {"event_indices": bad[:20]})
         now = int(time.time())
-        for e in body.events:
-            store.append(e.user_id, e.item_id, e.rating, e.timestamp if e.timestamp is not None else now)
+        records = [
+            {"event_id": uuid.uuid4().hex, "user_id": e.user_id, "item_id": e.item_id, "rating": e.rating, "timestamp": e.timestamp if e.timestamp is not None else now}
+            for e in body.events
+        ]
+        for r in records:
+            store.append(r["user_id"], r["item_id"], r["rating"], r["timestamp"], r["event_id"])
         users = sorted({e.user_id for e in body.events})
         failed = [u for u in users if not await c.histories.invalidate(u)]
+        shared = await c.events.publish(records) if c.events is not None else False
         c.service.metrics.events.inc(len(body.events))
-        return EventsResponse(accepted=len(body.events), invalidated_users=[u for u in users if u not in failed], cache_invalidation_failed=failed)
+        return EventsResponse(accepted=len(body.events), invalidated_users=[u for u in users if u not in failed], cache_invalidation_failed=failed, shared_with_replicas=shared)
 
     @app.post("/v1/retrieve", response_model=RetrieveResponse, dependencies=[Depends(authorized)])
     async def retrieve(body: RetrieveRequest, c: Components = Depends(components)) -> RetrieveResponse:

@@ -35,3 +35,11 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed"}
     return error_response(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bug, not a dependency fault (those degrade): logged with its traceback, answered as JSON."""
+    import logging
+
+    logging.getLogger("recranker.gateway").error("unhandled error", exc_info=exc)
+    return error_response(request, 500, "internal_error", "the gateway failed on this request; the request id is in the logs")

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from service.gateway.cache import CacheUnavailable, KeyValueCache
 from service.gateway.store import InteractionStore
 from service.ranking.profile import HistoryEvent
 
-SCHEMA = 1
+SCHEMA = 2  # 2: history rows as [item_id, rating, title, genres]
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,15 @@ class HistoryCache:
         except CacheUnavailable:
             return CacheRead(self.store.history(user_id), "error")
         if raw is not None:
-            rows = json.loads(raw)
-            return CacheRead([HistoryEvent(r["title"], r["rating"], tuple(r["genres"]), r["item_id"]) for r in rows], "hit")
+            try:
+                return CacheRead([HistoryEvent(title, float(rating), tuple(genres), item_id) for item_id, rating, title, genres in json.loads(raw)], "hit")
+            except (ValueError, TypeError):
+                pass  # an entry this release cannot read: rebuilt from the store below, like a miss
         history = self.store.history(user_id)
+        # rows as plain lists: dataclasses.asdict was most of a cache miss's cost
+        rows = [[e.item_id, e.rating, e.title, e.genres] for e in history]
         try:
-            await self.cache.set(self.key(user_id), json.dumps([asdict(e) for e in history]).encode(), self.ttl_s)
+            await self.cache.set(self.key(user_id), json.dumps(rows).encode(), self.ttl_s)
         except CacheUnavailable:
             return CacheRead(history, "error")
         return CacheRead(history, "miss")

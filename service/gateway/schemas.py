@@ -64,6 +64,7 @@ class EventsResponse(BaseModel):
     accepted: int
     invalidated_users: list[str]
     cache_invalidation_failed: list[str] = Field(default_factory=list)
+    shared_with_replicas: bool = Field(default=False, description="appended to the Redis event stream the other gateways follow")
 
 
 class RetrieveRequest(BaseModel):

@@ -54,6 +54,7 @@ class InteractionStore:
     events_log: Path | None = None
     popularity: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _applied: set[str] = field(default_factory=set, repr=False)  # event ids, so a replayed event counts once
 
     @classmethod
     def from_dataset(cls, dataset, events_log: Path | None = None) -> InteractionStore:
@@ -79,7 +80,7 @@ class InteractionStore:
             for line in events_log.read_text().splitlines():
                 if line.strip():
                     e = json.loads(line)
-                    store._apply(e["user_id"], Interaction(e["item_id"], float(e["rating"]), int(e["timestamp"])))
+                    store._apply(e["user_id"], Interaction(e["item_id"], float(e["rating"]), int(e["timestamp"])), e.get("event_id"))
         return store
 
     def has_user(self, user_id: str) -> bool:
@@ -109,18 +110,26 @@ class InteractionStore:
             out.append(HistoryEvent(item.title, e.rating, item.genres, item_id=e.item_id))
         return out
 
-    def append(self, user_id: str, item_id: str, rating: float, timestamp: int) -> None:
-        """Durably record one event (log first, then memory). Callers validate ids and rating."""
+    def append(self, user_id: str, item_id: str, rating: float, timestamp: int, event_id: str | None = None) -> bool:
+        """Durably record one event (log first, then memory); False when `event_id` was already
+        applied (another replica's event seen twice). Callers validate ids and rating."""
+        if event_id is not None and event_id in self._applied:
+            return False
         event = Interaction(item_id, float(rating), int(timestamp))
         if self.events_log is not None:
             self.events_log.parent.mkdir(parents=True, exist_ok=True)
             with self.events_log.open("a") as fh:
-                fh.write(json.dumps({"user_id": user_id, "item_id": item_id, "rating": event.rating, "timestamp": event.timestamp}) + "\n")
-        self._apply(user_id, event)
+                fh.write(json.dumps({"user_id": user_id, "item_id": item_id, "rating": event.rating, "timestamp": event.timestamp, "event_id": event_id}) + "\n")
+        return self._apply(user_id, event, event_id)
 
-    def _apply(self, user_id: str, event: Interaction) -> None:
+    def _apply(self, user_id: str, event: Interaction, event_id: str | None = None) -> bool:
         with self._lock:
+            if event_id is not None:
+                if event_id in self._applied:
+                    return False
+                self._applied.add(event_id)
             history = self.histories.setdefault(user_id, [])
             history.append(event)
             history.sort(key=lambda e: e.timestamp)  # stable: ties keep arrival order
             self.popularity[event.item_id] = self.popularity.get(event.item_id, 0) + 1
+        return True

@@ -14,6 +14,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.gateway.app import create_app
+from service.gateway.history import SCHEMA
 from service.gateway.settings import GatewaySettings
 from service.llm.vllm_server import free_port
 from tests.conftest import CACHE
@@ -91,7 +92,7 @@ def test_the_second_identical_call_is_served_from_the_cache(live):
     assert not any(k.startswith("llm_") for k in second["timings_ms"])  # no LLM call at all
     assert [r["item_id"] for r in second["results"]] == [r["item_id"] for r in first["results"]]
     assert metric_value(client, "recranker_cache_requests_total", cache="result", result="hit") == hits_before + 3
-    assert redis.Redis.from_url(settings.redis_url).exists(f"{settings.cache_prefix}:v1:ml-100k:history:{OTHER_USER}")
+    assert redis.Redis.from_url(settings.redis_url).exists(f"{settings.cache_prefix}:v{SCHEMA}:ml-100k:history:{OTHER_USER}")
 
 
 def test_an_event_invalidates_the_cached_history_and_scores(live):
@@ -102,7 +103,7 @@ def test_an_event_invalidates_the_cached_history_and_scores(live):
     watched = before["results"][0]["item_id"]  # the user now rates the top candidate
     resp = client.post("/events", json={"events": [{"user_id": user, "item_id": watched, "rating": 5}]})
     assert resp.status_code == 200 and resp.json()["invalidated_users"] == [user]
-    assert not redis.Redis.from_url(settings.redis_url).exists(f"{settings.cache_prefix}:v1:ml-100k:history:{user}")
+    assert not redis.Redis.from_url(settings.redis_url).exists(f"{settings.cache_prefix}:v{SCHEMA}:ml-100k:history:{user}")
     after = client.post("/rerank", json={"user_id": user, "m": 5, "tasks": ["pointwise"]}).json()
     assert after["cache"] == {"history": "miss", "result": "miss"}
     assert watched not in [r["item_id"] for r in after["results"]]  # rated items are not recommended again
@@ -262,3 +263,25 @@ def test_a_dead_remote_backbone_is_a_503_without_candidates_and_no_problem_with_
     assert without.status_code == 503 and without.json()["error"]["code"] == "retrieval_unavailable"
     assert given.status_code == 200 and [r["item_id"] for r in given.json()["results"]] == ["1", "2", "3"]
     drop_keys(settings.cache_prefix)
+
+
+def test_an_event_posted_to_one_replica_reaches_the_others_through_the_redis_stream(tiny_export, tiny_artifacts):
+    prefix = f"recranker-test-{uuid.uuid4().hex[:8]}"
+    dead_llm = f"http://127.0.0.1:{free_port()}"
+    replica = lambda: create_app(settings_for(tiny_artifacts, dead_llm, cache_prefix=prefix))  # noqa: E731
+    ask = {"user_id": "4", "m": 5, "tasks": []}
+    with TestClient(replica()) as a, TestClient(replica()) as b:
+        watched = b.post("/rerank", json=ask).json()["results"][0]["item_id"]  # b caches the history
+        posted = a.post("/events", json={"events": [{"user_id": "4", "item_id": watched, "rating": 5}]}).json()
+        seen_by_b = False
+        for _ in range(100):
+            if watched not in [r["item_id"] for r in b.post("/rerank", json=ask).json()["results"]]:
+                seen_by_b = True
+                break
+            time.sleep(0.05)
+    with TestClient(replica()) as late:  # started after the event: reads the stream at start
+        late_items = [r["item_id"] for r in late.post("/rerank", json=ask).json()["results"]]
+    assert posted["shared_with_replicas"] is True
+    assert seen_by_b, "replica b still recommends the item the user rated on replica a"
+    assert watched not in late_items
+    drop_keys(prefix)

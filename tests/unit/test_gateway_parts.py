@@ -174,3 +174,17 @@ def test_latency_summaries_report_percentiles_and_throughput():
     summary = summarise(outcomes, wall_s=2.0)
     assert summary.requests == 100 and summary.errors == 1 and summary.rps == 50.0
     assert summary.p50_ms == pytest.approx(50.5) and summary.p99_ms == pytest.approx(99.01)
+
+
+def test_a_cached_history_this_release_cannot_read_is_rebuilt_from_the_store(store):
+    async def go():
+        cache = MemoryCache()
+        histories = HistoryCache(cache, store, "p", "synthetic", ttl_s=60)
+        await cache.set(histories.key("0"), json.dumps([{"title": "old format"}]).encode(), 60)
+        first = await histories.get("0")
+        second = await histories.get("0")
+        return first, second
+
+    first, second = run(go())
+    assert first.result == "miss" and first.value == store.history("0")
+    assert second.result == "hit" and second.value == first.value
