@@ -54,6 +54,9 @@ class GatewaySettings(BaseSettings):
     default_deadline_ms: int = 5000
     max_deadline_ms: int = 30000
     default_tasks: tuple[TaskName, ...] = ("pointwise", "pairwise", "listwise")
+    # History lengths in the prompts; default the model manifest's (what the model was tuned with).
+    prompt_max_liked: int | None = None
+    prompt_max_disliked: int | None = None
     hybrid_weights: dict[str, float] = Field(default_factory=lambda: {"pointwise": 1 / 3, "pairwise": 1 / 3, "listwise": 1 / 3})
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()  # comma-separated; empty = no auth
 

@@ -44,6 +44,9 @@ class VLLMServer:
     max_model_len: int = 4096
     kv_cache_gib: int = 1
     prefix_caching: bool = True
+    # Prefix caching reuses whole KV blocks only. The CPU backend's default block is 128 tokens, so a
+    # ~250-token user prefix kept only 128 of them; 32 is the smallest size the CPU kernels favour.
+    block_size: int = 32
     cache_dir: Path = Path(".cache/vllm")
     log_file: Path | None = None
     extra_args: tuple[str, ...] = ()
@@ -64,6 +67,7 @@ class VLLMServer:
             "--max-model-len", str(self.max_model_len),
             "--enforce-eager",
             "--max-logprobs", "20",
+            "--block-size", str(self.block_size),
         ]
         if not self.prefix_caching:
             cmd.append("--no-enable-prefix-caching")

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -80,14 +81,21 @@ async def gateway_scenarios(base: str, users: list[str], all_users: list[str], a
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
         rng = random.Random(0)
 
+        server_ms: list[float] = []  # the gateway's own handler time, without HTTP or this client
+
         async def gateway_only(i: int) -> Outcome:
             try:
                 r = await http.post("/rerank", json={"user_id": rng.choice(all_users), "tasks": [], "m": args.m, "k": 10})
             except httpx.HTTPError:
                 return Outcome(0.0, False)
-            return Outcome(0.0, r.status_code == 200, r.status_code == 200 and r.json()["degraded"])
+            if r.status_code != 200:
+                return Outcome(0.0, False)
+            data = r.json()
+            server_ms.append(data["timings_ms"]["total"])
+            return Outcome(0.0, True, data["degraded"])
 
         candidates: dict[str, list[str]] = {}
+        reasons: dict[str, int] = {}
 
         async def hybrid(i: int) -> Outcome:
             user = users[i % len(users)]
@@ -100,22 +108,27 @@ async def gateway_scenarios(base: str, users: list[str], all_users: list[str], a
                 return Outcome(0.0, False)
             data = r.json()
             candidates[user] = [x["item_id"] for x in sorted(data["results"], key=lambda x: x["index"])]
+            for reason in data["degraded_reasons"]:
+                reasons[reason] = reasons.get(reason, 0) + 1
             return Outcome(0.0, True, data["degraded"], sum(data["repaired_answers"].values()))
 
         console.print("warm-up ...")
         await closed_loop(gateway_only, 200, 20)
         await closed_loop(hybrid, args.concurrency, args.concurrency)
+        reasons.clear()
         console.print(f"gateway_only: {args.rate} requests/s for {args.duration}s, LLM tasks off")
+        server_ms.clear()
         outcomes, wall = await open_loop(gateway_only, args.rate, args.duration)
-        scenarios = {"gateway_only": summarise(outcomes, wall, target_rps=args.rate).as_dict()}
+        inside = np.percentile(server_ms, [50, 99]) if server_ms else [0.0, 0.0]
+        scenarios = {"gateway_only": summarise(outcomes, wall, target_rps=args.rate, handler_p50_ms=round(float(inside[0]), 3), handler_p99_ms=round(float(inside[1]), 3)).as_dict()}
         console.print(f"hybrid: {len(users)} users, {args.concurrency} in flight, m={args.m}")
         outcomes, wall = await closed_loop(hybrid, len(users), args.concurrency)
-        scenarios["hybrid"] = summarise(outcomes, wall, users=len(users), concurrency=args.concurrency, repaired_answers=sum(o.invalid for o in outcomes)).as_dict()
+        scenarios["hybrid"] = summarise(outcomes, wall, users=len(users), concurrency=args.concurrency, repaired_answers=sum(o.invalid for o in outcomes), degraded_reasons=dict(reasons)).as_dict()
     return scenarios, candidates
 
 
 async def baseline_scenario(server: VLLMServer, store: InteractionStore, settings: GatewaySettings, candidates: dict[str, list[str]], args) -> dict:
-    cfg = prompt_config_of(settings.resolved_model_dir, settings.dataset)
+    cfg = prompt_config_of(settings.resolved_model_dir, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked)
     llm = VLLMClient(LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=600, max_concurrency=256, max_connections=256))
     users = list(candidates)
     failed = 0
@@ -173,12 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     with VLLMServer(settings.resolved_model_dir, cache_dir=settings.cache_dir / "vllm", prefix_caching=False, log_file=logs / "bench-baseline-vllm.log") as server:
         scenarios["baseline"] = asyncio.run(baseline_scenario(server, store, settings, candidates, args))
     speedup = scenarios["hybrid"]["rps"] / scenarios["baseline"]["rps"]
+    prompt_cfg = prompt_config_of(settings.resolved_model_dir, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked)
     report = {
         "scenarios": scenarios,
         "speedup_vs_baseline": round(speedup, 2),
         "latency_ratio_p50": round(scenarios["baseline"]["p50_ms"] / scenarios["hybrid"]["p50_ms"], 2),
         "gateway_overhead_p99_ms": scenarios["gateway_only"]["p99_ms"],
         "setup": {
+            "prompt_history": {"max_liked": prompt_cfg.max_liked, "max_disliked": prompt_cfg.max_disliked},
             "m": args.m, "users": args.users, "concurrency": args.concurrency, "rate": args.rate, "duration_s": args.duration,
             "model": str(settings.resolved_model_dir), "backbone": settings.backbone, "dataset": settings.dataset,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
