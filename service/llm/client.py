@@ -43,7 +43,12 @@ class VLLMClient:
         body = {"model": self.settings.model, "temperature": 0.0, **payload}
         async with self._slots:
             try:
-                resp = await self._http.post("/v1/chat/completions", json=body)
+                try:
+                    resp = await self._http.post("/v1/chat/completions", json=body)
+                except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+                    # a pooled keep-alive connection the server had just closed (seen in `make bench`:
+                    # one such error dropped a whole task); the request is idempotent, so once more
+                    resp = await self._http.post("/v1/chat/completions", json=body)
             except httpx.HTTPError as exc:
                 raise LLMError(f"{type(exc).__name__}: {exc}") from exc
         if resp.status_code != 200:

@@ -188,3 +188,32 @@ def test_a_cached_history_this_release_cannot_read_is_rebuilt_from_the_store(sto
     first, second = run(go())
     assert first.result == "miss" and first.value == store.history("0")
     assert second.result == "hit" and second.value == first.value
+
+
+def test_the_llm_client_retries_once_when_a_pooled_connection_was_closed_under_it():
+    import httpx
+
+    from service.llm.client import LLMError, LLMSettings, VLLMClient
+
+    def server(failures: int):
+        calls = {"n": 0}
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            calls["n"] += 1
+            if calls["n"] <= failures:
+                raise httpx.ReadError("connection closed", request=request)
+            return httpx.Response(200, json={"choices": [{"message": {"content": "4"}}]})
+
+        return handle, calls
+
+    async def ask(failures: int):
+        handle, calls = server(failures)
+        client = VLLMClient(LLMSettings(), http=httpx.AsyncClient(base_url="http://llm", transport=httpx.MockTransport(handle)))
+        try:
+            return await client.generate([{"role": "user", "content": "rate"}]), calls["n"]
+        finally:
+            await client.aclose()
+
+    assert run(ask(1)) == ("4", 2)
+    with pytest.raises(LLMError):
+        run(ask(2))  # a server that keeps failing is not retried forever
