@@ -196,8 +196,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             yield
         finally:
             if follower is not None:
+                components.events.stop()
                 follower.cancel()
-                await asyncio.gather(follower, return_exceptions=True)
+                await asyncio.wait([follower], timeout=5)
                 await components.events.aclose()
             await components.llm.aclose()
             await components.retriever.aclose()

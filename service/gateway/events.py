@@ -35,6 +35,7 @@ class EventBus:
         self._reader = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=timeout_s, decode_responses=True)
         self.last_id = "0-0"
         self.applied_from_stream = 0
+        self._stopped = False
 
     async def publish(self, events: Sequence[dict]) -> bool:
         """False when Redis is unreachable: the events then stay on this replica only."""
@@ -74,8 +75,13 @@ class EventBus:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("could not read the event stream at start", extra={"error": str(exc)[:200]})
 
+    def stop(self) -> None:
+        """End `follow` at its next turn: redis-py can turn a cancelled XREAD into a connection
+        error, which the loop would otherwise take for a Redis outage and retry (a hung shutdown)."""
+        self._stopped = True
+
     async def follow(self) -> None:
-        while True:
+        while not self._stopped:
             try:
                 reply = await self._reader.xread({self.key: self.last_id}, block=1000, count=500)
                 for _, entries in reply or ():

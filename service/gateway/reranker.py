@@ -25,7 +25,7 @@ from service.gateway.metrics import GatewayMetrics
 from service.gateway.retrieval import RetrievalError, Retriever
 from service.gateway.schemas import RerankRequest, RerankResponse, RerankResult
 from service.gateway.settings import GatewaySettings
-from service.gateway.store import InteractionStore, UnknownItems, UnknownUser
+from service.gateway.store import InteractionStore, UnknownItems
 from service.ranking.engine import RankingEngine, seed_for
 from service.ranking.fusion import LearnedFusion, feature_matrix, hybrid_scores, rank_by
 from service.ranking.profile import build_profile, conventional_features
@@ -100,10 +100,7 @@ class RerankService:
             raise ApiError(422, "too_many_candidates", f"m={req.m}; at most {s.max_candidates}", {"max_candidates": s.max_candidates})
 
         t = time.perf_counter()
-        try:
-            read = await self.histories.get(req.user_id)
-        except UnknownUser:
-            raise ApiError(404, "unknown_user", f"user {req.user_id!r} is not known to this gateway") from None
+        read = await self.histories.get(req.user_id)
         history = read.value
         self.metrics.cache_requests.labels("history", read.result).inc()
         trace.cache["history"] = read.result
@@ -123,7 +120,7 @@ class RerankService:
             item_ids, backbone_scores = retrieved.item_ids, retrieved.scores
         else:
             item_ids = list(req.candidates)
-            backbone_scores = await self.retriever.score(req.user_id, item_ids) if s.retrieval == "embedded" else None
+            backbone_scores = await self.retriever.score(req.user_id, item_ids)
         self._stage(trace, "retrieval", time.perf_counter() - t)
         if not item_ids:
             raise ApiError(422, "no_candidates", "the backbone returned no candidates for this user")
@@ -230,7 +227,7 @@ class RerankService:
                 continue
             utilities[task] = out.utility
             repaired[task] = out.invalid_answers
-            writes.append(self.scores.put(keys[task], {"utility": [float(x) for x in out.utility], "repaired": out.invalid_answers}))
-        if writes and req.use_cache:
-            await asyncio.gather(*writes)
+            if req.use_cache:
+                writes.append(self.scores.put(keys[task], {"utility": [float(x) for x in out.utility], "repaired": out.invalid_answers}))
+        await asyncio.gather(*writes)
         return utilities, repaired

@@ -30,6 +30,10 @@ def redis_reachable(url: str) -> bool:
         return False
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.gateway.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm-port", type=int, default=8000)
@@ -53,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     server = VLLMServer(model_dir, port=args.llm_port, dtype=args.dtype or default_cpu_dtype(), prefix_caching=not args.no_prefix_caching,
                         cache_dir=settings.cache_dir / "vllm", log_file=logs / "vllm.log")
     console.print(f"starting vLLM on {server.base_url} with {model_dir} (log: {logs / 'vllm.log'}) ...")
-    # SIGTERM (docker stop, the bench) ends the stack like Ctrl-C does
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)  # docker stop ends the stack like Ctrl-C does
     try:
         with server:
             updates["llm_url"] = server.base_url

@@ -9,7 +9,6 @@ to the engine, and vLLM's caches and temporary files stay inside the project cac
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from urllib.error import URLError
 from urllib.request import urlopen
 
 from service.llm.hardware import default_cpu_dtype
+from service.procutil import stop_process_group
 
 
 class VLLMServerError(RuntimeError):
@@ -115,16 +115,8 @@ class VLLMServer:
             return False
 
     def stop(self, grace_s: float = 20) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        if self.process is not None:
+            stop_process_group(self.process, grace_s=grace_s)
 
     def __enter__(self) -> VLLMServer:
         return self.start()

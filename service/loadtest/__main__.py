@@ -36,6 +36,7 @@ from service.llm.client import LLMSettings, VLLMClient
 from service.llm.vllm_server import VLLMServer, free_port
 from service.loadtest.baseline import baseline_rank
 from service.loadtest.load import Outcome, closed_loop, open_loop, summarise
+from service.procutil import stop_process_group
 from service.ranking.engine import seed_for
 from service.ranking.profile import build_profile
 from service.ranking.prompts import Candidate
@@ -51,16 +52,6 @@ def start_stack(settings: GatewaySettings, port: int, llm_port: int, log: Path) 
     out = log.open("wb")
     return subprocess.Popen([sys.executable, "-m", "service.gateway.stack", "--llm-port", str(llm_port)], env=env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 def wait_ready(base: str, process: subprocess.Popen, log: Path, timeout_s: float = 600) -> None:
@@ -187,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(base, stack, log)
         scenarios, candidates = asyncio.run(gateway_scenarios(base, users, all_users, args))
     finally:
-        stop(stack)
+        stop_process_group(stack, signal.SIGINT, grace_s=60)  # Ctrl-C: the stack stops vLLM itself
     console.print("baseline: vLLM without prefix caching, free-text answers ...")
     with VLLMServer(settings.resolved_model_dir, cache_dir=settings.cache_dir / "vllm", prefix_caching=False, log_file=logs / "bench-baseline-vllm.log") as server:
         scenarios["baseline"] = asyncio.run(baseline_scenario(server, store, settings, candidates, args))

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from service.llm.vllm_server import free_port
+from service.procutil import stop_process_group
 from tests.conftest import CACHE
 from tests.deploy.metricnames import (
     INSTALL_HINT,
@@ -54,16 +54,6 @@ def wait_until(check, timeout_s: float, what: str, process: subprocess.Popen | N
             pass
         time.sleep(0.5)
     raise AssertionError(f"{what}: not after {timeout_s:.0f}s\n{log.read_text()[-3000:] if log else ''}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +91,7 @@ def gateway(pop_artifacts, tmp_path_factory):
         wait_until(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, 120, "gateway /healthz", process, log)
         yield base
     finally:
-        stop(process)
+        stop_process_group(process, grace_s=15)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +173,7 @@ def prometheus(gateway, traffic, tmp_path_factory):
         wait_until(lambda: httpx.get(f"{base}/-/ready", timeout=2).status_code == 200, 60, "prometheus /-/ready", process, log)
         yield base
     finally:
-        stop(process)
+        stop_process_group(process, grace_s=15)
 
 
 def query(prometheus: str, expr: str) -> dict:
