@@ -5,8 +5,9 @@ fusion (with and without LLM features).
 Decisions: users are a seeded sample (all 942 test users x 41 prompts x 2 backbones x 2 m would
 take hours on 2 CPU cores); prompts read only the training part of the split, as in tuning; the
 learned fusion is fitted on the validation stage (the validation item as the relevant one, the
-backbone's validation-time top-m as candidates) and applied to the test stage; its guard falls
-back to the hybrid or the backbone when cross-validation on the validation users says so.
+backbone's validation-time top-m as candidates) and applied to the test stage; it is boosted from
+the hybrid's ranking and its guard keeps the hybrid (or the backbone order) unless cross-validation
+on the validation users shows a clear gain.
 Raw engine outputs are cached per model and backbone, so re-running only recomputes the report.
 """
 
@@ -42,6 +43,7 @@ from training.data import Split, leave_one_out, load_dataset
 from training.instructions import user_profile
 from training.metrics import KS, hit_gains, metrics_from_ranks, ndcg_gains
 from training.paths import Paths
+from training.pipeline import train_backbone
 
 console = Console(soft_wrap=True)
 TASK_METHODS = ("pointwise", "pairwise", "listwise")
@@ -300,9 +302,21 @@ def markdown(report: dict, backbone: str, dataset: str) -> str:
         lines += [f"### m = {m}: difference to the backbone (all users), NDCG@3 with 95% bootstrap interval", ""]
         lines += [f"- {b['method']}: {b['diff']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]" for b in report["bootstrap"] if b["m"] == m and b["metric"] == "NDCG@3"]
         lines.append("")
-    lines += ["## Learned fusion, 5-fold cross-validation on the validation users (NDCG@3)", "", "| model | learned | guarded | hybrid | backbone | fallback |", "|---|---:|---:|---:|---:|---|"]
+    lines += [
+        "## Learned fusion, 5-fold cross-validation on the validation users (NDCG@3)",
+        "",
+        "`learned`: the boosted model alone; `guarded`: the learned fusion as served (the model, or its",
+        "fallback when the guard, decided on the training folds only, finds no clear gain);",
+        "`fallback`: what the model fitted on all validation users serves instead of itself.",
+        "",
+        "| model | learned | guarded | hybrid | backbone | guarded - hybrid | fallback folds | fallback |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for name, cv in report["cv"].items():
-        lines.append(f"| {name} | {cv['learned']:.4f} | {cv['guarded']:.4f} | {cv['hybrid']:.4f} | {cv['backbone']:.4f} | {cv['fallback']} |")
+        lines.append(
+            f"| {name} | {cv['learned']:.4f} | {cv['guarded']:.4f} | {cv['hybrid']:.4f} | {cv['backbone']:.4f} | "
+            f"{cv['guarded'] - cv['hybrid']:+.4f} | {cv['fallback_folds']}/{cv['folds']} | {cv['fallback'] or 'none'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -334,6 +348,8 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
     model_dir = req.model_dir or (paths.artifacts / dataset.name / "model")
     manifest = json.loads((model_dir / "manifest.json").read_text())
     prompt_cfg = PromptConfig(**manifest["prompt_config"])
+    for backbone in req.backbones:  # `make tune` trains only the hint backbone; a trained one is skipped
+        train_backbone(backbone, dataset, split, paths)
     out = []
     with VLLMServer(model_dir, dtype=req.dtype or default_cpu_dtype(), cache_dir=paths.cache / "vllm", log_file=paths.cache / "vllm" / "eval.log") as server:
         console.print(f"vLLM ready at {server.base_url} ({server.dtype}, prefix caching on)")
@@ -351,16 +367,27 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
     return out
 
 
-def prompt_token_cost(tokenizer, messages_list: list[list[dict[str, str]]]) -> dict[str, int]:
-    """Prompt tokens of one request's prompts, computed in full for each prompt (no reuse) and with
-    the longest prefix shared by all of them computed once (what prefix caching saves; vLLM caches
-    whole blocks, so its real saving is this rounded down to its block size)."""
+def prompt_token_cost(tokenizer, messages_list: list[list[dict[str, str]]], block_size: int = 1) -> dict[str, int]:
+    """Prompt tokens of one request's prompts: computed in full for each prompt (no reuse), and
+    with prefix caching, where a prompt recomputes only what follows its longest common prefix
+    with an earlier prompt, rounded down to whole `block_size` blocks as vLLM caches them.
+    `shared_prefix` is the prefix common to all prompts (the user block)."""
     ids = [tokenizer.apply_chat_template(m, tokenize=True, add_generation_prompt=True) for m in messages_list]
-    ids = [x["input_ids"] if hasattr(x, "keys") else x for x in ids]
-    shared = 0
-    for column in zip(*ids):
-        if len(set(column)) > 1:
-            break
-        shared += 1
+    ids = [list(x["input_ids"] if hasattr(x, "keys") else x) for x in ids]
+
+    def common(a: list[int], b: list[int]) -> int:
+        n = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    shared = min((common(ids[0], x) for x in ids[1:]), default=len(ids[0]) if ids else 0)
+    computed = 0
+    for i, x in enumerate(ids):
+        reused = max((common(x, ids[j]) for j in range(i)), default=0)
+        reused = min(reused // block_size * block_size, len(x) - 1)  # the last token is always computed
+        computed += len(x) - max(reused, 0)
     total = sum(len(x) for x in ids)
-    return {"prompts": len(ids), "without_reuse": total, "shared_prefix": shared, "with_reuse": total - shared * (len(ids) - 1)}
+    return {"prompts": len(ids), "without_reuse": total, "shared_prefix": shared, "with_reuse": computed}

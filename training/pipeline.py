@@ -59,8 +59,9 @@ def train_backbone(name: str, dataset: Dataset, split: Split, paths: Paths, over
     return report
 
 
-# Bumped when the instruction data changes for the same request (2: shuffled validation prompts).
-INSTRUCTIONS_VERSION = 2
+# Bumped when the instruction data changes for the same request (2: shuffled validation prompts;
+# 3: each task's question and answer format before the candidate lines).
+INSTRUCTIONS_VERSION = 3
 
 
 @dataclass(frozen=True)

@@ -199,10 +199,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 components.events.stop()
                 follower.cancel()
                 await asyncio.wait([follower], timeout=5)
-                await components.events.aclose()
-            await components.llm.aclose()
-            await components.retriever.aclose()
-            await components.cache.aclose()
+            # Each close is bounded: a dependency that does not answer must not hold the shutdown.
+            closers = [components.llm.aclose(), components.retriever.aclose(), components.cache.aclose()]
+            if components.events is not None:
+                closers.insert(0, components.events.aclose())
+            for close in closers:
+                try:
+                    await asyncio.wait_for(close, timeout=5)
+                except (TimeoutError, OSError) as exc:
+                    log.warning("a client did not close cleanly", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
 
     app = FastAPI(title="RecRanker gateway", version="0.1.0", lifespan=lifespan)
     app.state.metrics = GatewayMetrics()

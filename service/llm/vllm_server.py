@@ -94,6 +94,8 @@ class VLLMServer:
     def start(self, timeout_s: float = 300) -> VLLMServer:
         if not (Path(self.model_dir) / "config.json").is_file():
             raise VLLMServerError(f"{self.model_dir}: no model folder (config.json missing)")
+        if self.log_file:
+            Path(self.log_file).parent.mkdir(parents=True, exist_ok=True)  # a fresh checkout has no .cache/vllm
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         # A new session so stop() can end vLLM's engine process together with the API server.
         self.process = subprocess.Popen(self.command(), env=self.environment(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -33,6 +33,7 @@ from service.gateway.app import prompt_config_of
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import InteractionStore
 from service.llm.client import LLMSettings, VLLMClient
+from service.llm.hardware import cpu_has_fast_bf16
 from service.llm.vllm_server import VLLMServer, free_port
 from service.loadtest.baseline import baseline_rank
 from service.loadtest.load import Outcome, closed_loop, open_loop, summarise
@@ -193,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             "prompt_history": {"max_liked": prompt_cfg.max_liked, "max_disliked": prompt_cfg.max_disliked},
             "m": args.m, "users": args.users, "concurrency": args.concurrency, "rate": args.rate, "duration_s": args.duration,
             "model": str(settings.resolved_model_dir), "backbone": settings.backbone, "dataset": settings.dataset,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
+            # bf16 instructions change the ratio: they make prefill cheap, so per-request costs weigh more
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {'bf16' if cpu_has_fast_bf16() else 'no bf16 (float32)'}", "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         },
     }

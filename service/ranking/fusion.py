@@ -6,8 +6,9 @@ here keeps that convention, so "backbone rank" and "candidate index" are the sam
 Two fusions:
 - `hybrid_scores`: the paper's fixed-weight sum  U = sum_t a_t * norm(U_t)  over the tasks run;
 - `LearnedFusion`: LightGBM LambdaRank over the task utilities, the backbone's score and rank and any
-  conventional features, with a guard that falls back to backbone order when cross-validation says the
-  learned ranking does not beat it.
+  conventional features, boosted from the hybrid's ranking (the trees learn corrections to it), with
+  a guard that keeps the hybrid (or the backbone order) unless cross-validation shows the learned
+  ranking beats it by more than its noise.
 
 Apart from `LearnedFusion.save` / `load` (explicit paths, the caller's choice) nothing here does I/O;
 the only imports beyond the standard library are numpy and lightgbm.
@@ -29,7 +30,7 @@ TASKS = (POINTWISE, PAIRWISE, LISTWISE)
 DEFAULT_WEIGHTS: Mapping[str, float] = {POINTWISE: 1 / 3, PAIRWISE: 1 / 3, LISTWISE: 1 / 3}
 BACKBONE_SCORE, BACKBONE_RANK = "backbone_score", "backbone_rank"
 SIDECAR_SUFFIX = ".json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the prior ranking the trees correct, and the guard's margin
 
 
 def _is_valid(x: float | None) -> bool:
@@ -330,7 +331,15 @@ def hybrid_scores_of(features: FusionFeatures, weights: Mapping[str, float] | No
 @dataclass(frozen=True)
 class LearnedFusionConfig:
     """LambdaRank settings, kept small on purpose: few shallow trees, many rows per leaf, so a weak
-    feature cannot be fitted to noise. `guard*` control the fall-back to the hybrid or backbone order."""
+    feature cannot be fitted to noise.
+
+    The trees start from a prior ranking (LightGBM's init_score): the hybrid's when task columns are
+    present, else the backbone order, as scores 1 (first) .. 0 (last) times `prior_scale`. So an
+    untrained model is the hybrid, and each tree can only move candidates whose prior scores are
+    close. `guard*` control the fall-back: the learned ranking replaces its fallback (the hybrid,
+    or the backbone order when that is clearly better) only when its cross-validated NDCG@guard_k
+    is higher for clearly more users than it is lower (a sign test at `guard_z`).
+    """
 
     n_estimators: int = 50
     learning_rate: float = 0.05
@@ -340,9 +349,11 @@ class LearnedFusionConfig:
     colsample_bytree: float = 1.0
     n_jobs: int = 1
     seed: int = 0
+    prior_scale: float = 1.0
     guard: bool = True
     guard_folds: int = 5
     guard_k: int = 10
+    guard_z: float = 2.25
     hybrid_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
     def lgbm_params(self) -> dict[str, object]:
@@ -366,10 +377,11 @@ class LearnedFusionConfig:
 class CVReport:
     """Mean NDCG@k over the users of the held-out folds (each user held out exactly once).
 
-    `learned` is the raw LambdaRank model, `guarded` the model with the guard as `fit` applies it
-    (decided by an inner cross-validation on the training folds only, so it is an honest estimate),
-    `hybrid` the fixed-weight sum, `backbone` the backbone order. `fallback_folds` counts the outer
-    folds whose guard fell back (to the hybrid or the backbone). Per-fold means are kept for inspection.
+    `learned` is the boosted model without its guard, `guarded` the model with the guard as `fit`
+    applies it (decided by an inner cross-validation on the training folds only, so it is an honest
+    estimate), `hybrid` the fixed-weight sum, `backbone` the backbone order. `fallback_folds` counts
+    the outer folds whose guard fell back (to the hybrid or the backbone). Per-fold means are kept
+    for inspection.
     """
 
     k: int
@@ -395,18 +407,45 @@ def _user_folds(n_users: int, folds: int, seed: int) -> list[np.ndarray]:
     return np.array_split(order, folds)
 
 
-class LearnedFusion:
-    """LightGBM LambdaRank over `FusionFeatures`, one query group per user.
+def has_task_columns(features: FusionFeatures) -> bool:
+    return any(t in features.names and not np.isnan(features.column(t)).all() for t in TASKS)
 
-    `fit` trains on all groups. With `config.guard` it first cross-validates (folds split by user)
-    and, if the learned NDCG@guard_k is below the hybrid's or the backbone's, sets `fallback_` to
-    the better of the two ("hybrid" or "backbone"): `predict` then returns that ranking's scores
-    instead of the model's, so the learned fusion is never worse than either on held-out users. The model is
-    still trained and saved, so the decision can be inspected and revisited. `guard_report_` holds
-    that cross-validation (its models are unguarded, so there `guarded` equals `learned`). The guard
-    compares on the same folds it decides on, so it is slightly optimistic; `cross_validated_ndcg`
-    gives the honest estimate of the guarded model (`CVReport.guarded`).
-    Learned state lives in attributes ending in `_`.
+
+def prior_scores_of(features: FusionFeatures, weights: Mapping[str, float], scale: float) -> np.ndarray:
+    """The ranking the trees start from, as evenly spaced scores: scale (first) .. 0 (last).
+    Ranks, not the hybrid's raw values, so one tree's step means the same for every user."""
+    base = hybrid_scores_of(features, weights) if has_task_columns(features) else backbone_scores_of(features)
+    m = features.m
+    scores = np.empty(m)
+    scores[rank_by(base)] = scale * (np.arange(m - 1, -1, -1) / max(m - 1, 1))
+    return scores
+
+
+def _clearly_better(a: np.ndarray, b: np.ndarray, z: float, min_users: int = 10) -> bool:
+    """Per-user scores a beat b in a sign test: among the users whose scores differ (at least
+    `min_users` of them), wins minus losses exceed z * sqrt(wins + losses). A sign test, not a t
+    test, because two rankings that share a prior differ on a handful of users, and a mean over a
+    handful is noise however small its standard error looks."""
+    diff = np.asarray(a) - np.asarray(b)
+    wins, losses = int((diff > 1e-12).sum()), int((diff < -1e-12).sum())
+    n = wins + losses
+    return n >= min_users and wins - losses > z * math.sqrt(n)
+
+
+class LearnedFusion:
+    """LightGBM LambdaRank over `FusionFeatures`, one query group per user, boosted from the prior
+    ranking (`prior_scores_of`): its scores are the prior plus the trees' corrections.
+
+    `fit` trains on all groups. With `config.guard` it first cross-validates on those groups (folds
+    split by user) and sets `fallback_` to the hybrid ("hybrid", or "backbone" when the backbone
+    order is clearly better than the hybrid, or when there are no task columns) unless the learned
+    ranking is clearly better than that fallback; `predict` then returns the fallback's scores. Small
+    validation sets (a few dozen users whose held-out item is a candidate) make most differences
+    noise, so "clearly" means a sign test over the users at `guard_z`: without evidence the learned
+    fusion is the hybrid, never a coin flip between near-equal rankings. The model is still trained
+    and saved, so the decision can be inspected and revisited. `guard_report_` holds that
+    cross-validation (of unguarded models); `cross_validated_ndcg` gives the honest estimate of the
+    guarded model (`CVReport.guarded`). Learned state lives in attributes ending in `_`.
     """
 
     def __init__(self, config: LearnedFusionConfig | None = None) -> None:
@@ -418,10 +457,14 @@ class LearnedFusion:
 
     # -- training --------------------------------------------------------------------------------
 
+    def _prior(self, features: FusionFeatures) -> np.ndarray:
+        return prior_scores_of(features, self.config.hybrid_weights, self.config.prior_scale)
+
     def _train(self, groups: Sequence[UserGroup]) -> lgb.Booster:
         x, y, sizes = _stack(groups)
+        init = np.concatenate([self._prior(g.features) for g in groups])
         ranker = lgb.LGBMRanker(**self.config.lgbm_params())
-        ranker.fit(x, y, group=sizes, feature_name=list(self.feature_names_ or ()))
+        ranker.fit(x, y, group=sizes, init_score=init, feature_name=list(self.feature_names_ or ()))
         return ranker.booster_
 
     def fit(self, groups: Sequence[UserGroup]) -> LearnedFusion:
@@ -437,10 +480,14 @@ class LearnedFusion:
         self.guard_report_ = None
         if self.config.guard:
             inner = LearnedFusion(self._unguarded_config())
-            report = inner.cross_validated_ndcg(groups, folds=self.config.guard_folds, k=self.config.guard_k)
+            report, per_user = inner._cross_validate(groups, folds=self.config.guard_folds, k=self.config.guard_k)
             self.guard_report_ = report
-            if report.learned < max(report.hybrid, report.backbone):
-                self.fallback_ = "hybrid" if report.hybrid > report.backbone else "backbone"
+            z = self.config.guard_z
+            base = "hybrid" if has_task_columns(groups[0].features) else "backbone"
+            if base == "hybrid" and _clearly_better(per_user["backbone"], per_user["hybrid"], z):
+                base = "backbone"
+            if not _clearly_better(per_user["learned"], per_user[base], z):
+                self.fallback_ = base
         self.booster_ = self._train(groups)
         return self
 
@@ -449,16 +496,20 @@ class LearnedFusion:
 
     # -- inference -------------------------------------------------------------------------------
 
+    def _check_names(self, features: FusionFeatures) -> None:
+        if self.feature_names_ is not None and features.names != self.feature_names_:
+            raise ValueError(f"feature names {features.names} differ from the fitted {self.feature_names_}")
+
     def model_scores(self, features: FusionFeatures) -> np.ndarray:
-        """The LambdaRank model's scores, guard ignored."""
+        """The boosted model's scores (prior + trees), guard ignored."""
         if self.booster_ is None or self.feature_names_ is None:
             raise RuntimeError("LearnedFusion is not fitted")
-        if features.names != self.feature_names_:
-            raise ValueError(f"feature names {features.names} differ from the fitted {self.feature_names_}")
-        return self.model_scores_rows(features.values)
+        self._check_names(features)
+        return self.tree_scores_rows(features.values) + self._prior(features)
 
-    def model_scores_rows(self, rows: np.ndarray) -> np.ndarray:
-        """The model's scores for stacked rows already in `feature_names_` order (batch scoring)."""
+    def tree_scores_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The trees' corrections for stacked rows already in `feature_names_` order (batch
+        scoring); add each user's prior to get the model's scores."""
         if self.booster_ is None:
             raise RuntimeError("LearnedFusion is not fitted")
         return np.asarray(self.booster_.predict(rows), dtype=np.float64)
@@ -467,8 +518,7 @@ class LearnedFusion:
         """Scores, higher is better: the model's, or the hybrid's / backbone order when the guard
         fell back."""
         if self.fallback_:
-            if self.feature_names_ is not None and features.names != self.feature_names_:
-                raise ValueError(f"feature names {features.names} differ from the fitted {self.feature_names_}")
+            self._check_names(features)
             return self._fallback_scores(features, self.fallback_)
         return self.model_scores(features)
 
@@ -489,8 +539,13 @@ class LearnedFusion:
         own guard when config.guard, decided on those folds only) and every held-out user's
         ranking is scored with NDCG@k, next to the hybrid's and the backbone's on the same users.
         """
+        return self._cross_validate(groups, folds, k)[0]
+
+    def _cross_validate(self, groups: Sequence[UserGroup], folds: int, k: int) -> tuple[CVReport, dict[str, np.ndarray]]:
+        """The report and each user's NDCG@k per ranking (index = position in `groups`)."""
+        kinds = ("learned", "guarded", "hybrid", "backbone")
+        per_user = {key: np.zeros(len(groups)) for key in kinds}
         per_fold: list[dict[str, float]] = []
-        sums = {"learned": 0.0, "guarded": 0.0, "hybrid": 0.0, "backbone": 0.0}
         fallback_folds = 0
         for test_idx in _user_folds(len(groups), folds, self.config.seed):
             test = {int(i) for i in test_idx}
@@ -500,29 +555,18 @@ class LearnedFusion:
             fallback_folds += int(model.fallback_ is not None)
             # one booster call for the whole fold (per-call overhead dominates on small groups)
             x, _, sizes = _stack(held_out)
-            learned = np.split(model.model_scores_rows(x), np.cumsum(sizes)[:-1])
-            fold = dict.fromkeys(sums, 0.0)
-            for g, s in zip(held_out, learned, strict=True):
-                backbone = backbone_scores_of(g.features)
-                fold["learned"] += _ndcg(rank_by(s), g.labels, k)
-                guarded = model._fallback_scores(g.features, model.fallback_) if model.fallback_ else s
-                fold["guarded"] += _ndcg(rank_by(guarded), g.labels, k)
-                fold["hybrid"] += _ndcg(rank_by(hybrid_scores_of(g.features, self.config.hybrid_weights)), g.labels, k)
-                fold["backbone"] += _ndcg(rank_by(backbone), g.labels, k)
-            for key in sums:
-                sums[key] += fold[key]
-            per_fold.append({key: v / len(held_out) for key, v in fold.items()})
-        n = len(groups)
-        return CVReport(
-            k=k,
-            folds=folds,
-            learned=sums["learned"] / n,
-            guarded=sums["guarded"] / n,
-            hybrid=sums["hybrid"] / n,
-            backbone=sums["backbone"] / n,
-            fallback_folds=fallback_folds,
-            per_fold=per_fold,
-        )
+            trees = np.split(model.tree_scores_rows(x), np.cumsum(sizes)[:-1])
+            for i, g, t in zip(test_idx, held_out, trees, strict=True):
+                learned = t + model._prior(g.features)
+                guarded = model._fallback_scores(g.features, model.fallback_) if model.fallback_ else learned
+                per_user["learned"][i] = _ndcg(rank_by(learned), g.labels, k)
+                per_user["guarded"][i] = _ndcg(rank_by(guarded), g.labels, k)
+                per_user["hybrid"][i] = _ndcg(rank_by(hybrid_scores_of(g.features, self.config.hybrid_weights)), g.labels, k)
+                per_user["backbone"][i] = _ndcg(rank_by(backbone_scores_of(g.features)), g.labels, k)
+            per_fold.append({key: float(per_user[key][test_idx].mean()) for key in kinds})
+        report = CVReport(k=k, folds=folds, fallback_folds=fallback_folds, per_fold=per_fold,
+                          **{key: float(per_user[key].mean()) for key in kinds})
+        return report, per_user
 
     # -- persistence -----------------------------------------------------------------------------
 

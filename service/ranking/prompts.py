@@ -1,10 +1,11 @@
 """Prompt builders for the three RecRanker tasks (pointwise, pairwise, listwise).
 
 Layout decision: every prompt of one user starts with the same system message and the same user
-block (role, profile, liked and disliked history in one fixed order); only the last paragraph
-(the candidate(s), the backbone hint about them and the question) differs. So a serving engine with
-prefix caching computes the shared part once per user. Hints that concern the whole user (none yet)
-would go in the shared block; hints about candidates go at the end because they differ per prompt.
+block (role, profile, liked and disliked history in one fixed order). The question paragraph then
+puts the words that are the same for every prompt of a task (the question and the answer format)
+before the few that differ (the candidate titles and their backbone hint). So a serving engine with
+prefix caching computes the user block once per user and each task's question once per task; per
+prompt only the candidate line and the chat template's closing tokens are new.
 
 Answers are one short token sequence scored from token probabilities:
   pointwise -> one rating digit, pairwise -> "Yes" / "No", listwise -> candidate letters "C, A, E".
@@ -123,23 +124,24 @@ def _with_question(shared: list[dict[str, str]], question: str) -> list[dict[str
 
 def pointwise_prompt(user: UserProfile, candidate: Candidate, cfg: PromptConfig = PromptConfig(), shuffle_rng: random.Random | None = None, n_candidates: int | None = None) -> Prompt:
     shared = _shared_block(user, cfg, shuffle_rng)
-    question = f'How would the user rate the {cfg.domain} "{sanitize_title(candidate.title)}"?'
-    if cfg.with_hints and candidate.backbone_rank is not None:
+    hinted = cfg.with_hints and candidate.backbone_rank is not None
+    question = f"How would the user rate the {cfg.domain} below? Answer with one digit from 1 to {cfg.max_rating}."
+    if hinted:
+        question += " In brackets: its rank by a conventional recommender for this user."
+    question += f'\n{cfg.domain.capitalize()}: "{sanitize_title(candidate.title)}"'
+    if hinted:
         of = f" of {n_candidates}" if n_candidates else ""
-        question += f" A conventional recommender ranks it #{candidate.backbone_rank}{of} for this user."
-    question += f" Answer with one digit from 1 to {cfg.max_rating}."
+        question += f" [#{candidate.backbone_rank}{of}]"
     return Prompt("pointwise", _with_question(shared, question), (0,))
 
 
 def pairwise_prompt(user: UserProfile, a: Candidate, b: Candidate, cfg: PromptConfig = PromptConfig(), shuffle_rng: random.Random | None = None) -> Prompt:
     shared = _shared_block(user, cfg, shuffle_rng)
-    question = (
-        f'Would the user prefer A: "{sanitize_title(a.title)}" over B: "{sanitize_title(b.title)}"?'
-    )
+    question = f"Would the user prefer {cfg.domain} A over {cfg.domain} B? Answer Yes or No."
+    question += f'\nA: "{sanitize_title(a.title)}"\nB: "{sanitize_title(b.title)}"'
     if cfg.with_hints and a.backbone_rank is not None and b.backbone_rank is not None:
         better = "A" if a.backbone_rank < b.backbone_rank else "B"
-        question += f" A conventional recommender prefers {better}."
-    question += " Answer Yes or No."
+        question += f"\nA conventional recommender prefers {better}."
     return Prompt("pairwise", _with_question(shared, question), (0, 1))
 
 
@@ -151,15 +153,17 @@ def listwise_prompt(user: UserProfile, candidates: Sequence[Candidate], cfg: Pro
     if shuffle_rng is not None:
         shuffle_rng.shuffle(order)
     top = min(cfg.listwise_top, len(candidates))
-    lines = [f"Candidate {cfg.domain}s:"]
+    example = ", ".join(LETTERS[:top][::-1]) if top > 1 else "A"
+    lines = [
+        f"Which {top} of the candidate {cfg.domain}s will the user like most, best first? "
+        f"Answer with {top} letters separated by commas, like: {example}",
+        f"Candidate {cfg.domain}s:",
+    ]
     lines += [f"{LETTERS[pos]}. {sanitize_title(candidates[idx].title)}" for pos, idx in enumerate(order)]
-    question = "\n".join(lines) + f"\nWhich {top} candidates will the user like most, best first?"
     ranked = [pos for pos, idx in sorted(enumerate(order), key=lambda p: candidates[p[1]].backbone_rank or 10**9)]
     if cfg.with_hints and all(c.backbone_rank is not None for c in candidates):
-        question += " A conventional recommender's top " + str(top) + ": " + ", ".join(LETTERS[p] for p in ranked[:top]) + "."
-    example = ", ".join(LETTERS[: top][::-1]) if top > 1 else "A"
-    question += f" Answer with {top} letters separated by commas, like: {example}"
-    return Prompt("listwise", _with_question(shared, question), tuple(order))
+        lines.append(f"A conventional recommender's top {top}: " + ", ".join(LETTERS[p] for p in ranked[:top]) + ".")
+    return Prompt("listwise", _with_question(shared, "\n".join(lines)), tuple(order))
 
 
 def listwise_answer(letters_in_order: Sequence[int]) -> str:

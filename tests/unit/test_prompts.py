@@ -47,16 +47,35 @@ def test_all_prompts_of_a_user_share_one_prefix_and_differ_only_at_the_end():
         assert "Toy Story" in prefix and "Movie 0" not in prefix and "Movie 1" not in prefix
 
 
+def test_prompts_of_one_task_differ_only_in_their_last_line():
+    """The question and answer format come before the candidates, so prefix caching covers them
+    once per task and each further prompt adds only its candidate line."""
+    def text(p):
+        return p.messages[0]["content"] + "\n" + p.messages[1]["content"]
+
+    for prompts in (
+        [pointwise_prompt(USER, c, n_candidates=10) for c in CANDS[:4]],
+        [pairwise_prompt(USER, CANDS[i], CANDS[i + 1]) for i in range(0, 8, 2)],
+    ):
+        texts = [text(p) for p in prompts]
+        common = texts[0]
+        for t in texts[1:]:
+            while not t.startswith(common):
+                common = common[:-1]
+        assert "Answer" in common.rsplit("## Question", 1)[1]
+        assert all("Answer" not in t[len(common):] and len(t) - len(common) < 70 for t in texts)
+
+
 def test_questions_ask_for_single_token_answers():
     assert "one digit from 1 to 5" in pointwise_prompt(USER, CANDS[0]).messages[1]["content"]
-    assert pairwise_prompt(USER, CANDS[0], CANDS[1]).messages[1]["content"].endswith("Answer Yes or No.")
+    assert "Answer Yes or No." in pairwise_prompt(USER, CANDS[0], CANDS[1]).messages[1]["content"]
     assert "5 letters separated by commas" in listwise_prompt(USER, CANDS).messages[1]["content"]
 
 
 def test_hints_come_from_the_backbone_and_can_be_switched_off():
     on = pairwise_prompt(USER, CANDS[3], CANDS[1]).messages[1]["content"]
     off = pairwise_prompt(USER, CANDS[3], CANDS[1], PromptConfig(with_hints=False)).messages[1]["content"]
-    assert "A conventional recommender prefers B." in on
+    assert on.endswith("A conventional recommender prefers B.")
     assert "conventional recommender" not in off
     listwise = listwise_prompt(USER, CANDS).messages[1]["content"]
     assert "top 5: A, B, C, D, E." in listwise
