@@ -33,6 +33,7 @@ from service.ranking.fusion import (
     LearnedFusionConfig,
     UserGroup,
     feature_matrix,
+    fusion_model_path,
     hybrid_scores,
     rank_by,
 )
@@ -260,9 +261,10 @@ def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: st
             config = LearnedFusionConfig(guard_k=3)
             cv = LearnedFusion(config).cross_validated_ndcg(groups, folds=5, k=3)
             fitted[name] = LearnedFusion(config).fit(groups)
-            fitted[name].save(fusion_dir / f"{backbone}-m{m}-{name}.lgb")
+            path = fusion_model_path(fusion_dir, backbone, m, name)
+            fitted[name].save(path)
             report["cv"][f"{name}_m{m}"] = asdict(cv) | {"fallback": fitted[name].fallback_}
-            report["fusion_models"][f"{name}_m{m}"] = str(fusion_dir / f"{backbone}-m{m}-{name}.lgb")
+            report["fusion_models"][f"{name}_m{m}"] = str(path)
         tuned_weights = select_hybrid_weights(records["valid"], k=3)
         report.setdefault("hybrid_tuned_weights", {})[f"m{m}"] = tuned_weights
         test = records["test"]

@@ -27,7 +27,7 @@ from service.gateway.schemas import RerankRequest, RerankResponse, RerankResult
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import InteractionStore, UnknownItems
 from service.ranking.engine import RankingEngine, seed_for
-from service.ranking.fusion import LearnedFusion, feature_matrix, hybrid_scores, rank_by
+from service.ranking.fusion import LearnedFusion, feature_matrix, fusion_model_path, hybrid_scores, rank_by
 from service.ranking.profile import build_profile, conventional_features
 from service.ranking.prompts import Candidate
 
@@ -37,11 +37,13 @@ FUSION_RESERVE_S = 0.005  # kept back from the LLM's share of the deadline for f
 
 
 def load_learned_fusions(model_dir: Path, backbone: str) -> dict[int, LearnedFusion]:
-    """{m: model} from <model_dir>/fusion/<backbone>-m<m>-llm.lgb, written by `make eval`."""
+    """{m: model} of the fusions with LLM features that `make eval` saved in <model_dir>/fusion
+    (`fusion_model_path`)."""
+    folder = model_dir / "fusion"
     out = {}
-    for path in sorted((model_dir / "fusion").glob(f"{backbone}-m*-llm.lgb")):
-        match = re.fullmatch(rf"{re.escape(backbone)}-m(\d+)-llm\.lgb", path.name)
-        if match:
+    for path in sorted(folder.glob(f"{backbone}-m*.lgb")):
+        match = re.fullmatch(rf"{re.escape(backbone)}-m(\d+)-.*\.lgb", path.name)
+        if match and path == fusion_model_path(folder, backbone, int(match.group(1))):
             out[int(match.group(1))] = LearnedFusion.load(path)
     return out
 

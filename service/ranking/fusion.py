@@ -432,6 +432,12 @@ def _clearly_better(a: np.ndarray, b: np.ndarray, z: float, min_users: int = 10)
     return n >= min_users and wins - losses > z * math.sqrt(n)
 
 
+def fusion_model_path(folder: Path, backbone: str, m: int, name: str = "learned") -> Path:
+    """Where `make eval` saves a fitted fusion and the gateway looks for it (one naming for both):
+    <folder>/<backbone>-m<m>-<name>.lgb, name "learned" (with LLM features) or "learned_no_llm"."""
+    return Path(folder) / f"{backbone}-m{m}-{name}.lgb"
+
+
 class LearnedFusion:
     """LightGBM LambdaRank over `FusionFeatures`, one query group per user, boosted from the prior
     ranking (`prior_scores_of`): its scores are the prior plus the trees' corrections.

@@ -217,3 +217,21 @@ def test_the_llm_client_retries_once_when_a_pooled_connection_was_closed_under_i
     assert run(ask(1)) == ("4", 2)
     with pytest.raises(LLMError):
         run(ask(2))  # a server that keeps failing is not retried forever
+
+
+def test_the_gateway_loads_the_fusions_that_make_eval_saves_and_only_those_with_llm_features(tmp_path):
+    import numpy as np
+
+    from service.gateway.reranker import load_learned_fusions
+    from service.ranking.fusion import LearnedFusion, LearnedFusionConfig, UserGroup, feature_matrix, fusion_model_path
+
+    rng = np.random.default_rng(0)
+    groups = [UserGroup.with_relevant(feature_matrix(5, pointwise=rng.uniform(1, 5, 5)), int(rng.integers(5))) for _ in range(30)]
+    folder = tmp_path / "fusion"
+    folder.mkdir()
+    fusion = LearnedFusion(LearnedFusionConfig(n_estimators=3, guard=False)).fit(groups)
+    for backbone, m, name in (("lightgcn", 10, "learned"), ("lightgcn", 20, "learned"), ("lightgcn", 10, "learned_no_llm"), ("sasrec", 10, "learned")):
+        fusion.save(fusion_model_path(folder, backbone, m, name))
+    loaded = load_learned_fusions(tmp_path, "lightgcn")
+    assert sorted(loaded) == [10, 20]
+    assert loaded[10].feature_names_ == fusion.feature_names_
