@@ -24,6 +24,7 @@ import numpy as np
 from rich.console import Console
 from tqdm.auto import tqdm
 
+from service.llm.chat_template import ChatTemplate
 from service.llm.client import LLMSettings, VLLMClient
 from service.llm.hardware import default_cpu_dtype
 from service.llm.vllm_server import VLLMServer
@@ -101,9 +102,10 @@ def candidate_lists(folder: Path, dataset) -> dict[str, dict[int, list[int]]]:
     return out
 
 
-async def run_engine(llm: LLMSettings, split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int) -> list[Record]:
-    """One event loop, one pooled client: every user's prompts through the service's engine."""
-    client = VLLMClient(llm)
+async def run_engine(llm: LLMSettings, split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int, template: ChatTemplate | None = None) -> list[Record]:
+    """One event loop, one pooled client (batched per task with the model's chat template, as the
+    gateway's): every user's prompts through the service's engine."""
+    client = VLLMClient(llm, template=template)
     try:
         return await _run_engine(RankingEngine(client, EngineConfig(prompt=prompt_cfg)), split, users, stage, m, tops, prompt_cfg, scores, concurrency)
     finally:
@@ -250,7 +252,7 @@ def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: st
                 records[stage] = [Record(**json.loads(line)) for line in cache.read_text().splitlines()]
                 continue
             start = time.perf_counter()
-            records[stage] = asyncio.run(run_engine(llm, split, users, stage, m, tops, prompt_cfg, scores[stage], req.concurrent_users))
+            records[stage] = asyncio.run(run_engine(llm, split, users, stage, m, tops, prompt_cfg, scores[stage], req.concurrent_users, ChatTemplate.from_model_dir(model_dir)))
             console.print(f"{backbone} {stage} m={m}: {len(users)} users in {time.perf_counter() - start:.0f}s")
             cache.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records[stage]))
         fusion_dir = model_dir / "fusion"

@@ -39,6 +39,8 @@ from service.ranking.scoring import expected_rating, letter_probabilities, parse
 class LLM(Protocol):
     async def next_token_logprobs(self, messages: list[dict[str, str]]) -> dict[str, float]: ...
 
+    # optional: `next_token_logprobs_many(messages_list) -> list[dict]`, several prompts in one call
+
     async def generate(self, messages: list[dict[str, str]], max_tokens: int = 16, **extra) -> str: ...
 
 
@@ -96,10 +98,17 @@ class RankingEngine:
         self.llm = llm
         self.config = config or EngineConfig()
 
+    async def _logprobs_of(self, prompts) -> list[dict[str, float]]:
+        """One task's prompts at once: as one batched call where the LLM offers it."""
+        many = getattr(self.llm, "next_token_logprobs_many", None)
+        if many is not None:
+            return list(await many([p.messages for p in prompts]))
+        return list(await asyncio.gather(*(self.llm.next_token_logprobs(p.messages) for p in prompts)))
+
     async def _pointwise(self, user: UserProfile, cands: Sequence[Candidate], out: TaskOutcome) -> None:
         prompts = [pointwise_prompt(user, c, self.config.prompt, n_candidates=len(cands)) for c in cands]
         out.prompts = len(prompts)
-        answers = await asyncio.gather(*(self.llm.next_token_logprobs(p.messages) for p in prompts))
+        answers = await self._logprobs_of(prompts)
         ratings = []
         for lp in answers:
             score = expected_rating(lp, self.config.prompt.max_rating)
@@ -113,7 +122,7 @@ class RankingEngine:
         asks = [(i, j) for a, b in pairs for i, j in ((a, b), (b, a))]
         prompts = [pairwise_prompt(user, cands[i], cands[j], self.config.prompt) for i, j in asks]
         out.prompts = len(prompts)
-        answers = await asyncio.gather(*(self.llm.next_token_logprobs(p.messages) for p in prompts))
+        answers = await self._logprobs_of(prompts)
         probs = {}
         for (i, j), lp in zip(asks, answers):
             score = yes_probability(lp)

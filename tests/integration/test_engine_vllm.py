@@ -52,3 +52,36 @@ def test_malformed_listwise_answer_is_repaired_and_counted(vllm_tiny):
     assert sorted(result.order) == list(range(10))
     named = [i for i in range(10) if lst.utility[i] > 0]
     assert result.order[len(named):] == sorted(result.order[len(named):])  # the rest keep backbone order
+
+
+def test_batched_completions_give_the_chat_endpoints_logprobs(vllm_tiny, tiny_export):
+    """With the model's chat template, a task's prompts go as one /v1/completions request; the
+    rendering must be the tokenizer's and the answers the same as one chat request per prompt."""
+    from transformers import AutoTokenizer
+
+    from service.llm.chat_template import ChatTemplate
+    from service.ranking.prompts import pairwise_prompt, pointwise_prompt
+
+    template = ChatTemplate.from_model_dir(tiny_export)
+    assert template is not None
+    messages = [pointwise_prompt(USER, c, PromptConfig(max_liked=10, max_disliked=3), n_candidates=10).messages for c in CANDS[:4]]
+    messages.append(pairwise_prompt(USER, CANDS[0], CANDS[1]).messages)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_export)
+    for m in messages:
+        assert template.render(m) == tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+
+    async def both():
+        settings = LLMSettings(base_url=vllm_tiny.base_url, model=vllm_tiny.served_name, timeout_s=120)
+        plain, batched = VLLMClient(settings), VLLMClient(settings, template=template)
+        try:
+            return await plain.next_token_logprobs_many(messages), await batched.next_token_logprobs_many(messages)
+        finally:
+            await plain.aclose()
+            await batched.aclose()
+
+    one_by_one, in_one_request = asyncio.run(both())
+    assert len(in_one_request) == len(messages)
+    for a, b in zip(one_by_one, in_one_request, strict=True):
+        top_a, top_b = max(a, key=a.get), max(b, key=b.get)
+        assert top_a == top_b
+        assert abs(a[top_a] - b[top_b]) < 0.05
