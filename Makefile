@@ -37,7 +37,7 @@ tune: $(PY)
 	$(PY) -m training tune --dataset $(DATASET) --profile $(PROFILE) --backbone $(HINT_BACKBONE) --sampling $(SAMPLING)
 
 # Reranks LightGCN's and SASRec's top-m (m = 10, 20) with the tuned model through a real vLLM CPU
-# server and writes reports/eval-$(DATASET)-<backbone>.{json,md,png}. Needs `make tune` first (~45 min here).
+# server and writes reports/eval-$(DATASET)-<backbone>.{json,md,png}. Needs `make tune` first (~43 min here).
 EVAL_USERS ?= 200
 eval: $(PY)
 	$(PY) -m training eval --dataset $(DATASET) --backbones lightgcn sasrec --m 10 20 --test-users $(EVAL_USERS) --valid-users $(EVAL_USERS)

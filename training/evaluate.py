@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -231,7 +232,7 @@ def moves(ranks: dict[str, np.ndarray], k: int = 3) -> dict[str, dict[str, int]]
     return out
 
 
-def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: str, llm: LLMSettings, prompt_cfg: PromptConfig, run_key: str, model_dir: Path) -> dict:
+def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: str, llm: LLMSettings, prompt_cfg: PromptConfig, run_key: str, model_dir: Path, template: ChatTemplate | None = None) -> dict:
     ds = split.dataset
     folder = paths.backbone_dir(ds.name, backbone)
     tops = candidate_lists(folder, ds)
@@ -252,7 +253,7 @@ def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: st
                 records[stage] = [Record(**json.loads(line)) for line in cache.read_text().splitlines()]
                 continue
             start = time.perf_counter()
-            records[stage] = asyncio.run(run_engine(llm, split, users, stage, m, tops, prompt_cfg, scores[stage], req.concurrent_users, ChatTemplate.from_model_dir(model_dir)))
+            records[stage] = asyncio.run(run_engine(llm, split, users, stage, m, tops, prompt_cfg, scores[stage], req.concurrent_users, template))
             console.print(f"{backbone} {stage} m={m}: {len(users)} users in {time.perf_counter() - start:.0f}s")
             cache.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records[stage]))
         fusion_dir = model_dir / "fusion"
@@ -358,8 +359,9 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
     with VLLMServer(model_dir, dtype=req.dtype or default_cpu_dtype(), cache_dir=paths.cache / "vllm", log_file=paths.cache / "vllm" / "eval.log") as server:
         console.print(f"vLLM ready at {server.base_url} ({server.dtype}, prefix caching on)")
         llm = LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=300)
+        template = ChatTemplate.from_model_dir(model_dir)  # a task's prompts in one request, as the gateway sends them
         for backbone in req.backbones:
-            report = evaluate_backbone(req, paths, split, backbone, llm, prompt_cfg, manifest["run_key"], model_dir)
+            report = evaluate_backbone(req, paths, split, backbone, llm, prompt_cfg, manifest["run_key"], model_dir, template)
             report["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(req).items()} | {"backbone": backbone, "model_run_key": manifest["run_key"]}
             base = Path("reports") / f"eval-{dataset.name}-{backbone}"
             base.parent.mkdir(exist_ok=True)
@@ -380,18 +382,12 @@ def prompt_token_cost(tokenizer, messages_list: list[list[dict[str, str]]], bloc
     ids = [list(x["input_ids"] if hasattr(x, "keys") else x) for x in ids]
 
     def common(a: list[int], b: list[int]) -> int:
-        n = 0
-        for x, y in zip(a, b):
-            if x != y:
-                break
-            n += 1
-        return n
+        return len(os.path.commonprefix([a, b]))
 
     shared = min((common(ids[0], x) for x in ids[1:]), default=len(ids[0]) if ids else 0)
     computed = 0
     for i, x in enumerate(ids):
-        reused = max((common(x, ids[j]) for j in range(i)), default=0)
-        reused = min(reused // block_size * block_size, len(x) - 1)  # the last token is always computed
-        computed += len(x) - max(reused, 0)
+        reused = max((common(x, ids[j]) for j in range(i)), default=0) // block_size * block_size
+        computed += len(x) - min(reused, len(x) - 1)  # the last token is always computed
     total = sum(len(x) for x in ids)
     return {"prompts": len(ids), "without_reuse": total, "shared_prefix": shared, "with_reuse": computed}

@@ -3,14 +3,14 @@
 
 Why: vLLM's chat endpoint takes one conversation per request, so a user's 21 prompts were 21 HTTP
 requests. Rendered here, they go as one `/v1/completions` request per task, which
-`service.loadtest.batch_probe` measured at 1.1-1.3x the users/s on the same server. A test keeps the
-rendering identical to the tokenizer's `apply_chat_template` for the prompts we send.
+`service.loadtest.batch_probe` measured at 1.1-1.4x the users/s on the same server (`make bench`:
+1.34x for the hybrid). A test keeps the rendering identical to the tokenizer's
+`apply_chat_template` for the three tasks' prompts.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import TemplateError
@@ -21,10 +21,13 @@ def _raise(message: str) -> None:
     raise TemplateError(message)
 
 
-@dataclass(frozen=True)
 class ChatTemplate:
-    source: str
-    special_tokens: dict[str, str]
+    """Compiled once; `render` runs on the request path, once per prompt."""
+
+    def __init__(self, source: str, special_tokens: dict[str, str]):
+        self.source = source
+        self.special_tokens = dict(special_tokens)
+        self._template = _environment().from_string(source)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path) -> ChatTemplate | None:
@@ -38,16 +41,17 @@ class ChatTemplate:
         if not isinstance(source, str) or not source:
             return None
         special = {k: v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)}
-        return cls(source=source, special_tokens=special)
+        return cls(source, special)
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        # the same environment settings as transformers' apply_chat_template
-        env = _environment()
-        return env.from_string(self.source).render(messages=messages, add_generation_prompt=True, **self.special_tokens)
+        return self._template.render(messages=messages, add_generation_prompt=True, **self.special_tokens)
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
+    # the environment transformers' apply_chat_template renders in
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
-    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(x, indent=indent, ensure_ascii=ensure_ascii)
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
     return env

@@ -40,7 +40,7 @@ from service.loadtest.load import Outcome, closed_loop, open_loop, summarise
 from service.procutil import stop_process_group
 from service.ranking.engine import seed_for
 from service.ranking.profile import build_profile
-from service.ranking.prompts import Candidate
+from service.ranking.prompts import Candidate, PromptConfig
 
 console = Console()
 
@@ -125,8 +125,7 @@ async def gateway_scenarios(base: str, users: list[str], all_users: list[str], a
     return scenarios, candidates
 
 
-async def baseline_scenario(server: VLLMServer, store: InteractionStore, settings: GatewaySettings, candidates: dict[str, list[str]], args) -> dict:
-    cfg = prompt_config_of(settings.resolved_model_dir, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked)
+async def baseline_scenario(server: VLLMServer, store: InteractionStore, settings: GatewaySettings, cfg: PromptConfig, candidates: dict[str, list[str]], args) -> dict:
     llm = VLLMClient(LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=600, max_concurrency=256, max_connections=256))
     users = list(candidates)
     failed = 0
@@ -163,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (settings.resolved_model_dir / "config.json").is_file():
         console.print(f"[red]error:[/red] {settings.resolved_model_dir}: no tuned model; run `make tune` first")
         return 2
+    prompt_cfg = prompt_config_of(settings.resolved_model_dir, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked)
     from training.data import load_dataset
 
     store = InteractionStore.from_dataset(load_dataset(settings.dataset, settings.data_path, cache_dir=settings.cache_dir))
@@ -182,9 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         stop_process_group(stack, signal.SIGINT, grace_s=60)  # Ctrl-C: the stack stops vLLM itself
     console.print("baseline: vLLM without prefix caching, free-text answers ...")
     with VLLMServer(settings.resolved_model_dir, cache_dir=settings.cache_dir / "vllm", prefix_caching=False, log_file=logs / "bench-baseline-vllm.log") as server:
-        scenarios["baseline"] = asyncio.run(baseline_scenario(server, store, settings, candidates, args))
+        scenarios["baseline"] = asyncio.run(baseline_scenario(server, store, settings, prompt_cfg, candidates, args))
     speedup = scenarios["hybrid"]["rps"] / scenarios["baseline"]["rps"]
-    prompt_cfg = prompt_config_of(settings.resolved_model_dir, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked)
     report = {
         "scenarios": scenarios,
         "speedup_vs_baseline": round(speedup, 2),

@@ -335,8 +335,8 @@ class LearnedFusionConfig:
 
     The trees start from a prior ranking (LightGBM's init_score): the hybrid's when task columns are
     present, else the backbone order, as scores 1 (first) .. 0 (last) times `prior_scale`. So an
-    untrained model is the hybrid, and each tree can only move candidates whose prior scores are
-    close. `guard*` control the fall-back: the learned ranking replaces its fallback (the hybrid,
+    untrained model is the hybrid, and small corrections move only candidates whose prior scores
+    are close. `guard*` control the fall-back: the learned ranking replaces its fallback (the hybrid,
     or the backbone order when that is clearly better) only when its cross-validated NDCG@guard_k
     is higher for clearly more users than it is lower (a sign test at `guard_z`).
     """
@@ -413,8 +413,9 @@ def has_task_columns(features: FusionFeatures) -> bool:
 
 def prior_scores_of(features: FusionFeatures, weights: Mapping[str, float], scale: float) -> np.ndarray:
     """The ranking the trees start from, as evenly spaced scores: scale (first) .. 0 (last).
-    Ranks, not the hybrid's raw values, so one tree's step means the same for every user."""
-    base = hybrid_scores_of(features, weights) if has_task_columns(features) else backbone_scores_of(features)
+    Ranks, not the hybrid's raw values, so one tree's step means the same for every user. Without
+    task columns the hybrid is all zeros, which `rank_by` puts in backbone order."""
+    base = hybrid_scores_of(features, weights)
     m = features.m
     scores = np.empty(m)
     scores[rank_by(base)] = scale * (np.arange(m - 1, -1, -1) / max(m - 1, 1))

@@ -60,14 +60,14 @@ def test_batched_completions_give_the_chat_endpoints_logprobs(vllm_tiny, tiny_ex
     from transformers import AutoTokenizer
 
     from service.llm.chat_template import ChatTemplate
-    from service.ranking.prompts import pairwise_prompt, pointwise_prompt
+    from service.ranking.prompts import listwise_prompt, pairwise_prompt, pointwise_prompt
 
     template = ChatTemplate.from_model_dir(tiny_export)
     assert template is not None
     messages = [pointwise_prompt(USER, c, PromptConfig(max_liked=10, max_disliked=3), n_candidates=10).messages for c in CANDS[:4]]
     messages.append(pairwise_prompt(USER, CANDS[0], CANDS[1]).messages)
     tokenizer = AutoTokenizer.from_pretrained(tiny_export)
-    for m in messages:
+    for m in [*messages, listwise_prompt(USER, CANDS).messages]:
         assert template.render(m) == tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
 
     async def both():
