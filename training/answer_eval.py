@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from service.llm.prompt_tokens import PromptEncoder
 from service.ranking.scoring import expected_rating, parse_listwise, yes_probability
+from training.tune import encode_example
 
 TOP_LOGPROBS = 20
 
@@ -29,13 +31,23 @@ class AnswerReport:
     counts: dict[str, int]
 
 
-def _chat_inputs(tokenizer, rows: list[dict], device):
-    texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+def _left_padded(seqs: list[list[int]], pad_id: int, device, fill: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in seqs)
+    ids = torch.tensor([[pad_id if fill is None else fill] * (width - len(x)) + x for x in seqs], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs], device=device)
+    return ids, mask
 
 
-def next_token_logprobs(model, tokenizer, rows: list[dict]) -> list[dict[str, float]]:
-    inputs = _chat_inputs(tokenizer, rows, model.device)
+def _chat_inputs(tokenizer, rows: list[dict], device, token_block: int = 0) -> dict:
+    """The prompts as serving sends them: chat template, then the block layout the model is tuned on."""
+    encoder = PromptEncoder.from_hf_tokenizer(tokenizer, token_block)
+    seqs = [encoder.encode(tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)) for r in rows]
+    ids, mask = _left_padded(seqs, tokenizer.pad_token_id, device)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def next_token_logprobs(model, tokenizer, rows: list[dict], token_block: int = 0) -> list[dict[str, float]]:
+    inputs = _chat_inputs(tokenizer, rows, model.device, token_block)
     with torch.no_grad():
         logits = model(**inputs).logits[:, -1, :].float()
     logprobs = torch.log_softmax(logits, dim=-1)
@@ -46,14 +58,14 @@ def next_token_logprobs(model, tokenizer, rows: list[dict]) -> list[dict[str, fl
     ]
 
 
-def generate_answers(model, tokenizer, rows: list[dict], max_new_tokens: int = 16) -> list[str]:
-    inputs = _chat_inputs(tokenizer, rows, model.device)
+def generate_answers(model, tokenizer, rows: list[dict], max_new_tokens: int = 16, token_block: int = 0) -> list[str]:
+    inputs = _chat_inputs(tokenizer, rows, model.device, token_block)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     return [tokenizer.decode(seq[inputs["input_ids"].shape[1] :], skip_special_tokens=True) for seq in out]
 
 
-def evaluate_answers(model, tokenizer, rows: list[dict], batch_size: int = 8, max_rating: int = 5, progress: bool = True) -> AnswerReport:
+def evaluate_answers(model, tokenizer, rows: list[dict], batch_size: int = 8, max_rating: int = 5, progress: bool = True, token_block: int = 0) -> AnswerReport:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -66,13 +78,13 @@ def evaluate_answers(model, tokenizer, rows: list[dict], batch_size: int = 8, ma
         for start in range(0, len(task_rows), batch_size):
             batch = task_rows[start : start + batch_size]
             if task == "listwise":
-                for row, text in zip(batch, generate_answers(model, tokenizer, batch)):
+                for row, text in zip(batch, generate_answers(model, tokenizer, batch, token_block=token_block)):
                     relevant = set(row["label"]["relevant_letters"])
                     parsed = parse_listwise(text, n_candidates=row["label"]["n_candidates"], top=5)
                     invalid["listwise"] += not parsed.well_formed
                     errors["listwise"].append(len(set(parsed.positions[:5]) & relevant) / len(relevant))
             else:
-                for row, lp in zip(batch, next_token_logprobs(model, tokenizer, batch)):
+                for row, lp in zip(batch, next_token_logprobs(model, tokenizer, batch, token_block)):
                     if task == "pointwise":
                         score = expected_rating(lp, max_rating)
                         invalid["pointwise"] += not score.valid
@@ -86,7 +98,7 @@ def evaluate_answers(model, tokenizer, rows: list[dict], batch_size: int = 8, ma
     bar.close()
     mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
     return AnswerReport(
-        answer_loss=answer_loss(model, tokenizer, rows, batch_size),
+        answer_loss=answer_loss(model, tokenizer, rows, batch_size, token_block),
         pointwise_mae=mean(errors["pointwise"]),
         pairwise_accuracy=mean(errors["pairwise"]),
         listwise_hits_at_5=mean(errors["listwise"]),
@@ -114,26 +126,20 @@ def reference_scores(valid_rows: list[dict], train_rows: list[dict]) -> dict:
     return out
 
 
-def answer_loss(model, tokenizer, rows: list[dict], batch_size: int = 8) -> float:
-    """Mean negative log-likelihood of the answer tokens (the tuning loss, on held-out rows)."""
+def answer_loss(model, tokenizer, rows: list[dict], batch_size: int = 8, token_block: int = 0) -> float:
+    """Mean negative log-likelihood of the answer tokens (the tuning loss, on held-out rows, encoded
+    as tuning encodes them)."""
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        prompts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in batch]
-        fulls = [tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in batch]
-        enc = tokenizer(fulls, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        labels = enc["input_ids"].clone()
-        labels[enc["attention_mask"] == 0] = -100
-        for i, prompt in enumerate(prompts):
-            n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            pad = int((enc["attention_mask"][i] == 0).sum()) if tokenizer.padding_side == "left" else 0
-            labels[i, : pad + n_prompt] = -100
+        examples = [encode_example(tokenizer, r, 10**6, token_block) for r in rows[start : start + batch_size]]
+        ids, mask = _left_padded([e["input_ids"] for e in examples], tokenizer.pad_token_id, model.device)
+        labels, _ = _left_padded([e["labels"] for e in examples], tokenizer.pad_token_id, model.device, fill=-100)
         with torch.no_grad():
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         target = labels[:, 1:]
-        mask = target != -100
+        keep = target != -100
         nll = -logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        total += float(nll[mask].sum())
-        count += int(mask.sum())
+        total += float(nll[keep].sum())
+        count += int(keep.sum())
     return total / max(count, 1)

@@ -25,9 +25,9 @@ import numpy as np
 from rich.console import Console
 from tqdm.auto import tqdm
 
-from service.llm.chat_template import ChatTemplate
 from service.llm.client import LLMSettings, VLLMClient
 from service.llm.hardware import default_cpu_dtype
+from service.llm.prompt_tokens import PromptEncoder
 from service.llm.vllm_server import VLLMServer
 from service.ranking.engine import EngineConfig, RankingEngine, seed_for
 from service.ranking.fusion import (
@@ -103,10 +103,10 @@ def candidate_lists(folder: Path, dataset) -> dict[str, dict[int, list[int]]]:
     return out
 
 
-async def run_engine(llm: LLMSettings, split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int, template: ChatTemplate | None = None) -> list[Record]:
+async def run_engine(llm: LLMSettings, split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int, model_dir: Path | None = None) -> list[Record]:
     """One event loop, one pooled client (batched per task with the model's chat template, as the
     gateway's): every user's prompts through the service's engine."""
-    client = VLLMClient(llm, template=template)
+    client = VLLMClient.for_model(llm, model_dir, prompt_cfg.token_block)
     try:
         return await _run_engine(RankingEngine(client, EngineConfig(prompt=prompt_cfg)), split, users, stage, m, tops, prompt_cfg, scores, concurrency)
     finally:
@@ -232,7 +232,7 @@ def moves(ranks: dict[str, np.ndarray], k: int = 3) -> dict[str, dict[str, int]]
     return out
 
 
-def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: str, llm: LLMSettings, prompt_cfg: PromptConfig, run_key: str, model_dir: Path, template: ChatTemplate | None = None) -> dict:
+def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: str, llm: LLMSettings, prompt_cfg: PromptConfig, run_key: str, model_dir: Path) -> dict:
     ds = split.dataset
     folder = paths.backbone_dir(ds.name, backbone)
     tops = candidate_lists(folder, ds)
@@ -253,7 +253,7 @@ def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: st
                 records[stage] = [Record(**json.loads(line)) for line in cache.read_text().splitlines()]
                 continue
             start = time.perf_counter()
-            records[stage] = asyncio.run(run_engine(llm, split, users, stage, m, tops, prompt_cfg, scores[stage], req.concurrent_users, template))
+            records[stage] = asyncio.run(run_engine(llm, split, users, stage, m, tops, prompt_cfg, scores[stage], req.concurrent_users, model_dir))
             console.print(f"{backbone} {stage} m={m}: {len(users)} users in {time.perf_counter() - start:.0f}s")
             cache.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records[stage]))
         fusion_dir = model_dir / "fusion"
@@ -359,9 +359,8 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
     with VLLMServer(model_dir, dtype=req.dtype or default_cpu_dtype(), cache_dir=paths.cache / "vllm", log_file=paths.cache / "vllm" / "eval.log") as server:
         console.print(f"vLLM ready at {server.base_url} ({server.dtype}, prefix caching on)")
         llm = LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=300)
-        template = ChatTemplate.from_model_dir(model_dir)  # a task's prompts in one request, as the gateway sends them
         for backbone in req.backbones:
-            report = evaluate_backbone(req, paths, split, backbone, llm, prompt_cfg, manifest["run_key"], model_dir, template)
+            report = evaluate_backbone(req, paths, split, backbone, llm, prompt_cfg, manifest["run_key"], model_dir)
             report["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(req).items()} | {"backbone": backbone, "model_run_key": manifest["run_key"]}
             base = Path("reports") / f"eval-{dataset.name}-{backbone}"
             base.parent.mkdir(exist_ok=True)
@@ -373,13 +372,14 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
     return out
 
 
-def prompt_token_cost(tokenizer, messages_list: list[list[dict[str, str]]], block_size: int = 1) -> dict[str, int]:
+def prompt_token_cost(tokenizer, messages_list: list[list[dict[str, str]]], block_size: int = 1, token_block: int = 0) -> dict[str, int]:
     """Prompt tokens of one request's prompts: computed in full for each prompt (no reuse), and
     with prefix caching, where a prompt recomputes only what follows its longest common prefix
     with an earlier prompt, rounded down to whole `block_size` blocks as vLLM caches them.
+    `token_block` encodes the prompts on that block layout (`PromptConfig.token_block`).
     `shared_prefix` is the prefix common to all prompts (the user block)."""
-    ids = [tokenizer.apply_chat_template(m, tokenize=True, add_generation_prompt=True) for m in messages_list]
-    ids = [list(x["input_ids"] if hasattr(x, "keys") else x) for x in ids]
+    encoder = PromptEncoder.from_hf_tokenizer(tokenizer, token_block)
+    ids = [encoder.encode(tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)) for m in messages_list]
 
     def common(a: list[int], b: list[int]) -> int:
         return len(os.path.commonprefix([a, b]))

@@ -36,6 +36,7 @@ from service.ranking.prompts import (
     pointwise_prompt,
 )
 from training.data.split import Split
+from training.tune import encode_example
 
 TASKS = ("pointwise", "pairwise", "listwise")
 
@@ -193,14 +194,12 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def instruction_stats(rows: list[dict], tokenizer=None) -> dict:
+def instruction_stats(rows: list[dict], tokenizer=None, token_block: int = 0) -> dict:
     per_task = Counter(r["task"] for r in rows)
     stats: dict = {"examples": len(rows), "per_task": dict(per_task), "users": len({r["user_id"] for r in rows})}
     if tokenizer is not None and rows:
         lengths: dict[str, list[int]] = {}
-        for r in rows:
-            ids = tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-            lengths.setdefault(r["task"], []).append(len(ids))
+        for r in rows:  # as tuning encodes them
+            lengths.setdefault(r["task"], []).append(len(encode_example(tokenizer, r, 10**6, token_block)["input_ids"]))
         stats["tokens_per_example"] = {t: {"mean": float(np.mean(v)), "max": int(np.max(v))} for t, v in lengths.items()}
     return stats

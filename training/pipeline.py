@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from service.llm.vllm_server import KV_BLOCK_TOKENS
 from service.ranking.prompts import PromptConfig
 from training.answer_eval import reference_scores
 from training.backbone_artifacts import load_backbone, training_time_scores, write_backbone_artifacts, write_dataset_tables
@@ -60,8 +61,9 @@ def train_backbone(name: str, dataset: Dataset, split: Split, paths: Paths, over
 
 
 # Bumped when the instruction data changes for the same request (2: shuffled validation prompts;
-# 3: each task's question and answer format before the candidate lines).
-INSTRUCTIONS_VERSION = 3
+# 3: each task's question and answer format before the candidate lines; 4: token ids padded to
+# vLLM's KV blocks after the user block and the question line).
+INSTRUCTIONS_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Datas
         max_liked=profile.max_liked,
         max_disliked=profile.max_disliked,
         with_hints=req.enhancement,
+        token_block=KV_BLOCK_TOKENS,
     )
     builder = ExampleBuilder(split, scores, prompt_cfg, InstructionConfig(seed=profile.seed))
     train_rows = build_examples(builder, sample.draws, shift=req.position_shift, seed=profile.seed)
@@ -130,8 +133,8 @@ def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Datas
         data_hash = write_jsonl(train_rows, staging / "train.jsonl")
         write_jsonl(valid_rows, staging / "valid.jsonl")
         stats = {
-            "train": instruction_stats(train_rows, tokenizer),
-            "valid": instruction_stats(valid_rows, tokenizer),
+            "train": instruction_stats(train_rows, tokenizer, prompt_cfg.token_block),
+            "valid": instruction_stats(valid_rows, tokenizer, prompt_cfg.token_block),
             "sampling": {"method": sample.method, "draws": len(sample.draws), "distinct_users": sample.distinct, "per_cluster": sample.cluster_counts()},
             "valid_users": len(valid_users),
             "data_hash": data_hash,
@@ -182,13 +185,14 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
     train_rows = read_jsonl(inst_dir / "train.jsonl")
     valid_rows = read_jsonl(inst_dir / "valid.jsonl")
     t0 = time.perf_counter()
-    adapter = train_lora(base, train_rows, run_dir, profile)
+    token_block = PromptConfig(**json.loads((inst_dir / "stats.json").read_text())["prompt_config"]).token_block
+    adapter = train_lora(base, train_rows, run_dir, profile, token_block)
     tune_seconds = time.perf_counter() - t0
     if rank != 0:
         return export_dir
     with atomic_folder(export_dir) as staging:
         merge_adapter(base, adapter, staging)
-        validation = compare_on_validation(base, staging, valid_rows)
+        validation = compare_on_validation(base, staging, valid_rows, token_block)
         validation["reference"] = reference_scores(valid_rows, train_rows)
         stats = json.loads((inst_dir / "stats.json").read_text())
         manifest = {
@@ -231,7 +235,7 @@ def _train_log_summary(run_dir: Path) -> dict:
     }
 
 
-def compare_on_validation(base: Path, tuned: Path, valid_rows: list[dict]) -> dict:
+def compare_on_validation(base: Path, tuned: Path, valid_rows: list[dict], token_block: int = 0) -> dict:
     """Per-task answer quality of the untuned base and the tuned model on held-out users."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -243,7 +247,7 @@ def compare_on_validation(base: Path, tuned: Path, valid_rows: list[dict]) -> di
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         if torch.cuda.is_available():
             model = model.to("cuda")
-        reports[name] = evaluate_answers(model, AutoTokenizer.from_pretrained(folder), valid_rows)
+        reports[name] = evaluate_answers(model, AutoTokenizer.from_pretrained(folder), valid_rows, token_block=token_block)
         del model
     out: dict = {}
     for metric in ("answer_loss", "pointwise_mae", "pairwise_accuracy", "listwise_hits_at_5"):

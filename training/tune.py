@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from service.llm.hardware import cpu_has_fast_bf16
+from service.llm.prompt_tokens import PromptEncoder
 
 
 class TuneProfile(BaseModel):
@@ -58,16 +59,17 @@ def last_checkpoint(folder: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def encode_example(tokenizer, row: dict, max_length: int) -> dict:
+def encode_example(tokenizer, row: dict, max_length: int, token_block: int = 0) -> dict:
     """Token ids of prompt + answer with labels only on the answer (and its end-of-turn token).
 
-    The chat template renders the prompt exactly as serving sends it (generation prompt included),
-    so the model is trained on the very token sequence it is later scored on."""
+    The chat template renders the prompt exactly as serving sends it (generation prompt included)
+    and the serving encoder lays it out on `token_block` blocks, so the model is trained on the
+    very token sequence it is later scored on."""
     prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
     if not full.startswith(prompt):
         raise ValueError("chat template renders the prompt differently inside the full conversation")
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    prompt_ids = PromptEncoder.from_hf_tokenizer(tokenizer, token_block).encode(prompt)
     answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
     # Keep the answer whole; cut the prompt from the left (oldest history) if too long.
     prompt_ids = prompt_ids[-(max_length - len(answer_ids)) :]
@@ -75,7 +77,7 @@ def encode_example(tokenizer, row: dict, max_length: int) -> dict:
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt_ids) + answer_ids}
 
 
-def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile: TuneProfile) -> Path:
+def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile: TuneProfile, token_block: int = 0) -> Path:
     """Tune a LoRA adapter on `train_rows`; return the folder holding the final adapter.
 
     transformers' Trainer with our own answer-only labels: measured here, TRL's SFTTrainer took
@@ -101,7 +103,7 @@ def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile:
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
-    dataset = [encode_example(tokenizer, r, profile.max_length) for r in train_rows]
+    dataset = [encode_example(tokenizer, r, profile.max_length, token_block) for r in train_rows]
     ckpt_dir = out_dir / "checkpoints"
     args = TrainingArguments(
         output_dir=str(ckpt_dir),

@@ -36,7 +36,6 @@ from service.gateway.retrieval import EmbeddedRetriever, RemoteRetriever, Retrie
 from service.gateway.schemas import EventsRequest, EventsResponse, RerankRequest, RerankResponse, RetrieveRequest, RetrieveResponse
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import InteractionStore
-from service.llm.chat_template import ChatTemplate
 from service.llm.client import LLMSettings, VLLMClient
 from service.ranking.engine import EngineConfig, RankingEngine
 from service.ranking.prompts import PromptConfig
@@ -90,12 +89,14 @@ def build_components(settings: GatewaySettings) -> Components:
     histories = HistoryCache(cache, store, settings.cache_prefix, settings.dataset, settings.history_ttl_s)
     scores = ScoreCache(cache, settings.cache_prefix, settings.dataset, settings.result_ttl_s)
     model_dir = settings.resolved_model_dir
-    # With the model's chat template a task's prompts go to vLLM as one request; without the model
-    # folder here (a gateway apart from the model), one chat request per prompt.
-    llm = VLLMClient(LLMSettings(base_url=settings.llm_url, model=settings.llm_model, timeout_s=settings.llm_timeout_s,
-                                 max_concurrency=settings.llm_max_concurrency, max_connections=settings.llm_max_concurrency),
-                     template=ChatTemplate.from_model_dir(model_dir))
-    engine = RankingEngine(llm, EngineConfig(prompt=prompt_config_of(model_dir, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked), weights=dict(settings.hybrid_weights)))
+    prompt_cfg = prompt_config_of(model_dir, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked)
+    # With the model's chat template a task's prompts go to vLLM as one request, as token ids on
+    # the block layout the model was tuned on; without the model folder here (a gateway apart from
+    # the model), one chat request per prompt.
+    llm = VLLMClient.for_model(LLMSettings(base_url=settings.llm_url, model=settings.llm_model, timeout_s=settings.llm_timeout_s,
+                                           max_concurrency=settings.llm_max_concurrency, max_connections=settings.llm_max_concurrency),
+                               model_dir, prompt_cfg.token_block)
+    engine = RankingEngine(llm, EngineConfig(prompt=prompt_cfg, weights=dict(settings.hybrid_weights)))
     service = RerankService(
         settings=settings, store=store, histories=histories, scores=scores, retriever=retriever, engine=engine,
         metrics=GatewayMetrics(), model_name=settings.llm_model, learned=load_learned_fusions(model_dir, settings.backbone),

@@ -1,5 +1,5 @@
 """A model's chat template rendered the way its Hugging Face tokenizer renders it, with jinja2 only
-(the gateway's image has no tokenizer library).
+(the gateway loads no transformers).
 
 Why: vLLM's chat endpoint takes one conversation per request, so a user's 21 prompts were 21 HTTP
 requests. Rendered here, they go as one `/v1/completions` request per task, which

@@ -5,8 +5,9 @@ Chat messages go to `/v1/chat/completions`, so the server renders the model's ow
 identical leading messages render to identical leading tokens, which is what prefix caching reuses.
 With the model's `ChatTemplate`, several prompts' next-token logprobs go as one `/v1/completions`
 request instead (rendered here, no special tokens added by the server: the same tokens), which
-saves the per-request cost of many small requests. Concurrency is capped by a semaphore so one
-large request cannot flood the engine's queue.
+saves the per-request cost of many small requests. With a `PromptEncoder` as well, the prompts go
+as token ids laid out on KV-block boundaries (see `service.llm.prompt_tokens`). Concurrency is
+capped by a semaphore so one large request cannot flood the engine's queue.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
 from service.llm.chat_template import ChatTemplate
+from service.llm.prompt_tokens import PromptEncoder, encoder_for_model
 
 
 class LLMError(Exception):
@@ -35,15 +38,24 @@ class LLMSettings:
 
 
 class VLLMClient:
-    def __init__(self, settings: LLMSettings, http: httpx.AsyncClient | None = None, template: ChatTemplate | None = None):
+    def __init__(self, settings: LLMSettings, http: httpx.AsyncClient | None = None, template: ChatTemplate | None = None, encoder: PromptEncoder | None = None):
         self.settings = settings
         self.template = template
+        self.encoder = encoder
         self._http = http or httpx.AsyncClient(
             base_url=settings.base_url,
             timeout=settings.timeout_s,
             limits=httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections),
         )
         self._slots = asyncio.Semaphore(settings.max_concurrency)
+
+    @classmethod
+    def for_model(cls, settings: LLMSettings, model_dir: str | Path | None, token_block: int = 0) -> VLLMClient:
+        """A client that sends a task's prompts the way the model in `model_dir` was tuned on
+        (its chat template, its block layout); with no model folder at hand, chat requests."""
+        if model_dir is None:
+            return cls(settings)
+        return cls(settings, template=ChatTemplate.from_model_dir(model_dir), encoder=encoder_for_model(model_dir, token_block))
 
     async def _post(self, path: str, payload: dict) -> list[dict]:
         body = {"model": self.settings.model, "temperature": 0.0, **payload}
@@ -75,7 +87,8 @@ class VLLMClient:
         request per prompt, all at once."""
         if self.template is None or not messages_list:
             return list(await asyncio.gather(*(self.next_token_logprobs(m) for m in messages_list)))
-        prompts = [self.template.render(m) for m in messages_list]
+        texts = [self.template.render(m) for m in messages_list]
+        prompts: list[str] | list[list[int]] = self.encoder.encode_many(texts) if self.encoder else texts
         choices = await self._post(
             "/v1/completions",
             {"prompt": prompts, "max_tokens": 1, "logprobs": self.settings.top_logprobs, "add_special_tokens": False},
@@ -102,8 +115,14 @@ class VLLMClient:
             raise LLMError("reply has no logprobs") from exc
 
     async def generate(self, messages: list[dict[str, str]], max_tokens: int = 16, **extra) -> str:
-        choice = await self._chat({"messages": messages, "max_tokens": max_tokens, **extra})
-        content = (choice.get("message") or {}).get("content")
+        if self.template is not None:  # the prompt as the model was tuned on it, as for the logprobs
+            text = self.template.render(messages)
+            prompt = self.encoder.encode(text) if self.encoder else text
+            choice = (await self._post("/v1/completions", {"prompt": prompt, "max_tokens": max_tokens, "add_special_tokens": False, **extra}))[0]
+            content = choice.get("text")
+        else:
+            choice = await self._chat({"messages": messages, "max_tokens": max_tokens, **extra})
+            content = (choice.get("message") or {}).get("content")
         if content is None:
             raise LLMError("reply has no content")
         return content

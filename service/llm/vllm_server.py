@@ -21,6 +21,11 @@ from urllib.request import urlopen
 from service.llm.hardware import default_cpu_dtype
 from service.procutil import stop_process_group
 
+# Prefix caching reuses whole KV blocks only. The CPU backend's default block is 128 tokens, so a
+# ~250-token user prefix kept only 128 of them; 32 is the smallest size the CPU kernels take.
+# Prompts are padded to it (service/llm/prompt_tokens.py); GPU vLLM's default 16 divides it.
+KV_BLOCK_TOKENS = 32
+
 
 class VLLMServerError(RuntimeError):
     pass
@@ -44,9 +49,7 @@ class VLLMServer:
     max_model_len: int = 4096
     kv_cache_gib: int = 1
     prefix_caching: bool = True
-    # Prefix caching reuses whole KV blocks only. The CPU backend's default block is 128 tokens, so a
-    # ~250-token user prefix kept only 128 of them; 32 is the smallest size the CPU kernels favour.
-    block_size: int = 32
+    block_size: int = KV_BLOCK_TOKENS
     cache_dir: Path = Path(".cache/vllm")
     log_file: Path | None = None
     extra_args: tuple[str, ...] = ()

@@ -1,5 +1,7 @@
-"""Probe for the next throughput lever: a user's prompts as 21 chat requests (what the engine sends
-now) against one `/v1/completions` request per task with the chat template rendered client-side.
+"""Probe of the request layouts, on one bare vLLM server: a user's prompts as 21 chat requests,
+as one `/v1/completions` request per task with the chat template rendered client-side, and the
+same with the token ids padded to KV blocks (`service.llm.prompt_tokens`, what the gateway sends
+for a model tuned on that layout). Speed does not depend on the weights: any model folder works.
 
 Also prints the prompt tokens vLLM computed per user (prefix-cache queries minus hits), which
 shows whether prefix caching reuses what `training.evaluate.prompt_token_cost` says it can.
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import httpx
 
-from service.llm.vllm_server import VLLMServer
+from service.llm.prompt_tokens import PromptEncoder
+from service.llm.vllm_server import KV_BLOCK_TOKENS, VLLMServer
 from service.ranking.engine import disjoint_pairs
 from service.ranking.prompts import Candidate, PromptConfig, RatedItem, UserProfile, listwise_prompt, pairwise_prompt, pointwise_prompt
 
@@ -56,8 +59,9 @@ async def probe(model: Path, users: int, in_flight: int) -> None:
                 body = {"model": server.served_name, "messages": messages, "max_tokens": 1, "logprobs": True, "top_logprobs": 20, "temperature": 0}
                 (await http.post("/v1/chat/completions", json=body)).raise_for_status()
 
-            async def batch(messages_list) -> None:
-                prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_list]
+            async def batch(messages_list, block: int = 0) -> None:
+                encoder = PromptEncoder.from_hf_tokenizer(tokenizer, block)
+                prompts = [encoder.encode(tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)) for m in messages_list]
                 body = {"model": server.served_name, "prompt": prompts, "max_tokens": 1, "logprobs": 20, "temperature": 0}
                 resp = await http.post("/v1/completions", json=body)
                 resp.raise_for_status()
@@ -71,8 +75,15 @@ async def probe(model: Path, users: int, in_flight: int) -> None:
                 p = user_prompts(titles, cfg, seed)
                 await asyncio.gather(*(batch(task) for task in p.values()))
 
+            async def per_task_blocks(seed: int) -> None:
+                p = user_prompts(titles, cfg, seed)
+                await asyncio.gather(*(batch(task, KV_BLOCK_TOKENS) for task in p.values()))
+
             slots = asyncio.Semaphore(in_flight)
-            for name, run, first_seed in (("warm-up", per_prompt, 10_000), ("chat per prompt", per_prompt, 0), ("completions per task", per_task, 1_000), ("chat per prompt", per_prompt, 2_000), ("completions per task", per_task, 3_000)):
+            rounds = [("warm-up", per_prompt, 10_000)]
+            for r in range(2):
+                rounds += [("chat per prompt", per_prompt, 4_000 * r), ("completions per task", per_task, 4_000 * r + 1_000), ("per task, block layout", per_task_blocks, 4_000 * r + 2_000)]
+            for name, run, first_seed in rounds:
                 before, start = await computed_tokens(), time.perf_counter()
 
                 async def one(seed: int, run=run) -> None:

@@ -136,7 +136,7 @@ class RankingEngine:
         prompt = listwise_prompt(user, cands, self.config.prompt)
         out.prompts = 1
         if self.config.listwise_mode == "logprobs":
-            probs = letter_probabilities(await self.llm.next_token_logprobs(prompt.messages), len(cands))
+            probs = letter_probabilities((await self._logprobs_of([prompt]))[0], len(cands))
             mass = sum(probs.values())
             utility = np.zeros(len(cands))
             for pos, p in probs.items():

@@ -68,6 +68,9 @@ class PromptConfig:
     with_hints: bool = True
     with_features: bool = True
     listwise_top: int = 5
+    # KV-block size the prompts' token ids are padded to (service/llm/prompt_tokens.py); part of
+    # what a model learned, so its manifest records it. 0: plain encoding (models tuned before it).
+    token_block: int = 0
 
 
 @dataclass(frozen=True)

