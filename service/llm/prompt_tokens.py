@@ -43,7 +43,7 @@ class PromptEncoder:
     @classmethod
     def from_hf_tokenizer(cls, tokenizer, block: int) -> PromptEncoder:
         """From a transformers tokenizer (training, evaluation)."""
-        return cls._checked(lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"]), block)
+        return cls.from_function(lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"]), block)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, block: int) -> PromptEncoder | None:
@@ -55,10 +55,11 @@ class PromptEncoder:
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(file))
-        return cls._checked(lambda s: tokenizer.encode(s, add_special_tokens=False).ids, block)
+        return cls.from_function(lambda s: tokenizer.encode(s, add_special_tokens=False).ids, block)
 
     @classmethod
-    def _checked(cls, encode_text: Callable[[str], list[int]], block: int) -> PromptEncoder:
+    def from_function(cls, encode_text: Callable[[str], list[int]], block: int) -> PromptEncoder:
+        """From any text -> token ids function; the newline must be one token (it is the padding)."""
         if block < 0:
             raise ValueError(f"token block must be >= 0, got {block}")
         newline = encode_text("\n")
@@ -66,10 +67,12 @@ class PromptEncoder:
             raise ValueError(f"the tokenizer splits a newline into {len(newline)} tokens; it cannot pad to blocks")
         return cls(encode_text, newline[0], block)
 
-    def encode(self, text: str, _segments: dict[str, list[int]] | None = None) -> list[int]:
+    def encode(self, text: str) -> list[int]:
+        return self._encode(text, {})
+
+    def _encode(self, text: str, seen: dict[str, list[int]]) -> list[int]:
         if self.block == 0:
             return self.encode_text(text)
-        seen = {} if _segments is None else _segments
         ids: list[int] = []
         start = 0
         for cut in [*block_boundaries(text), len(text)]:
@@ -86,7 +89,7 @@ class PromptEncoder:
         """`encode` of each text; the segments a task's prompts share (the user block, the
         question line) are tokenized once, which keeps the gateway's share of the CPU small."""
         segments: dict[str, list[int]] = {}
-        return [self.encode(t, segments) for t in texts]
+        return [self._encode(t, segments) for t in texts]
 
 
 def encoder_for_model(model_dir: str | Path, block: int) -> PromptEncoder | None:

@@ -131,3 +131,20 @@ def test_block_layout_leaves_each_later_prompt_of_a_task_only_its_tail_to_comput
     # the totals up to the system message's blocks, which earlier users' prompts left cached
     assert cost[0] - cost[KV_BLOCK_TOKENS] == pytest.approx(predicted[0] - predicted[KV_BLOCK_TOKENS], abs=10)
     assert all(0 <= predicted[b] - cost[b] <= 2 * KV_BLOCK_TOKENS for b in cost)
+
+
+def test_generation_with_the_model_folder_sends_the_tuned_layout_and_returns_text(vllm_tiny, tiny_export):
+    """`listwise_mode="generate"` through the client built for the model: the prompt goes as the
+    block-laid-out ids (a completions request), and the answer comes back as text."""
+    from service.ranking.prompts import listwise_prompt
+
+    async def run():
+        client = VLLMClient.for_model(LLMSettings(base_url=vllm_tiny.base_url, model=vllm_tiny.served_name, timeout_s=120), tiny_export, 32)
+        try:
+            assert client.encoder is not None and client.template is not None
+            return await client.generate(listwise_prompt(USER, CANDS).messages, max_tokens=12)
+        finally:
+            await client.aclose()
+
+    text = asyncio.run(run())
+    assert isinstance(text, str) and text.strip()

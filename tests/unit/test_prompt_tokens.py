@@ -23,7 +23,7 @@ CANDS = [Candidate(f"Movie number {i}", backbone_rank=i + 1) for i in range(10)]
 
 def char_encoder(block: int) -> PromptEncoder:
     """One token per character: token counts are visible in the text."""
-    return PromptEncoder._checked(lambda s: [ord(c) for c in s], block)
+    return PromptEncoder.from_function(lambda s: [ord(c) for c in s], block)
 
 
 def decode(ids: list[int]) -> str:
@@ -86,7 +86,7 @@ def test_an_item_title_cannot_move_the_boundaries():
 
 def test_a_tokenizer_that_splits_newlines_cannot_pad():
     with pytest.raises(ValueError, match="newline"):
-        PromptEncoder._checked(lambda s: [1, 2] if s == "\n" else [3], 32)
+        PromptEncoder.from_function(lambda s: [1, 2] if s == "\n" else [3], 32)
 
 
 def test_a_batch_is_encoded_as_each_prompt_alone():
