@@ -14,10 +14,12 @@ Raw engine outputs are cached per model and backbone, so re-running only recompu
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import numpy as np
 from rich.console import Console
 from tqdm.auto import tqdm
 
-from service.llm.client import LLMSettings, VLLMClient
+from service.llm.client import LLMSettings, VLLMClient, prompt_format_of
 from service.llm.hardware import default_cpu_dtype
 from service.llm.prompt_tokens import PromptEncoder
 from service.llm.vllm_server import VLLMServer
@@ -103,10 +105,10 @@ def candidate_lists(folder: Path, dataset) -> dict[str, dict[int, list[int]]]:
     return out
 
 
-async def run_engine(llm: LLMSettings, split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int, model_dir: Path | None = None) -> list[Record]:
-    """One event loop, one pooled client (batched per task with the model's chat template, as the
-    gateway's): every user's prompts through the service's engine."""
-    client = VLLMClient.for_model(llm, model_dir, prompt_cfg.token_block)
+async def run_engine(new_client: Callable[[], VLLMClient], split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int) -> list[Record]:
+    """One event loop, one pooled client (batched per task on the model's template and block
+    layout, as the gateway's): every user's prompts through the service's engine."""
+    client = new_client()
     try:
         return await _run_engine(RankingEngine(client, EngineConfig(prompt=prompt_cfg)), split, users, stage, m, tops, prompt_cfg, scores, concurrency)
     finally:
@@ -232,7 +234,7 @@ def moves(ranks: dict[str, np.ndarray], k: int = 3) -> dict[str, dict[str, int]]
     return out
 
 
-def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: str, llm: LLMSettings, prompt_cfg: PromptConfig, run_key: str, model_dir: Path) -> dict:
+def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: str, new_client: Callable[[], VLLMClient], prompt_cfg: PromptConfig, run_key: str, model_dir: Path) -> dict:
     ds = split.dataset
     folder = paths.backbone_dir(ds.name, backbone)
     tops = candidate_lists(folder, ds)
@@ -253,7 +255,7 @@ def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: st
                 records[stage] = [Record(**json.loads(line)) for line in cache.read_text().splitlines()]
                 continue
             start = time.perf_counter()
-            records[stage] = asyncio.run(run_engine(llm, split, users, stage, m, tops, prompt_cfg, scores[stage], req.concurrent_users, model_dir))
+            records[stage] = asyncio.run(run_engine(new_client, split, users, stage, m, tops, prompt_cfg, scores[stage], req.concurrent_users))
             console.print(f"{backbone} {stage} m={m}: {len(users)} users in {time.perf_counter() - start:.0f}s")
             cache.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records[stage]))
         fusion_dir = model_dir / "fusion"
@@ -359,8 +361,11 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
     with VLLMServer(model_dir, dtype=req.dtype or default_cpu_dtype(), cache_dir=paths.cache / "vllm", log_file=paths.cache / "vllm" / "eval.log") as server:
         console.print(f"vLLM ready at {server.base_url} ({server.dtype}, prefix caching on)")
         llm = LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=300)
+        # template and tokenizer loaded once; a client per stage, since each runs its own event loop
+        template, encoder = prompt_format_of(model_dir, prompt_cfg.token_block)
+        new_client = functools.partial(VLLMClient, llm, template=template, encoder=encoder)
         for backbone in req.backbones:
-            report = evaluate_backbone(req, paths, split, backbone, llm, prompt_cfg, manifest["run_key"], model_dir)
+            report = evaluate_backbone(req, paths, split, backbone, new_client, prompt_cfg, manifest["run_key"], model_dir)
             report["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(req).items()} | {"backbone": backbone, "model_run_key": manifest["run_key"]}
             base = Path("reports") / f"eval-{dataset.name}-{backbone}"
             base.parent.mkdir(exist_ok=True)

@@ -18,9 +18,10 @@ from rich.table import Table
 
 from service.gateway.store import InteractionStore
 from service.llm.vllm_server import KV_BLOCK_TOKENS
-from service.ranking.engine import disjoint_pairs
+from service.ranking.engine import task_prompts
+from service.ranking.fusion import TASKS
 from service.ranking.profile import build_profile
-from service.ranking.prompts import Candidate, PromptConfig, listwise_prompt, pairwise_prompt, pointwise_prompt
+from service.ranking.prompts import Candidate, PromptConfig
 from training.base_model import ensure_base_model
 from training.data import load_dataset
 from training.evaluate import prompt_token_cost
@@ -28,11 +29,7 @@ from training.evaluate import prompt_token_cost
 
 def user_messages(profile, cands: list[Candidate], cfg: PromptConfig) -> list[list[dict[str, str]]]:
     """The 2m+1 prompts the hybrid sends for one user, in the engine's order."""
-    m = len(cands)
-    msgs = [pointwise_prompt(profile, c, cfg, n_candidates=m).messages for c in cands]
-    for a, b in disjoint_pairs(m, 1):
-        msgs += [pairwise_prompt(profile, cands[a], cands[b], cfg).messages, pairwise_prompt(profile, cands[b], cands[a], cfg).messages]
-    return msgs + [listwise_prompt(profile, cands, cfg).messages]
+    return [p.messages for task in TASKS for p in task_prompts(task, profile, cands, cfg, seed=1)]
 
 
 def main(argv: list[str] | None = None) -> None:

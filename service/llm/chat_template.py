@@ -4,7 +4,7 @@
 Why: vLLM's chat endpoint takes one conversation per request, so a user's 21 prompts were 21 HTTP
 requests. Rendered here, they go as one `/v1/completions` request per task, which
 `service.loadtest.batch_probe` measured at 1.1-1.4x the users/s on the same server (`make bench`:
-1.34x for the hybrid). A test keeps the rendering identical to the tokenizer's
+1.34x for the hybrid), and 1.4-1.9x on a later machine with AMX. A test keeps the rendering identical to the tokenizer's
 `apply_chat_template` for the three tasks' prompts.
 """
 

@@ -37,6 +37,12 @@ class LLMSettings:
     max_connections: int = 64
 
 
+def prompt_format_of(model_dir: str | Path, token_block: int) -> tuple[ChatTemplate | None, PromptEncoder | None]:
+    """The model folder's chat template and the encoder for the block layout it was tuned on,
+    loaded once for any number of clients."""
+    return ChatTemplate.from_model_dir(model_dir), encoder_for_model(model_dir, token_block)
+
+
 class VLLMClient:
     def __init__(self, settings: LLMSettings, http: httpx.AsyncClient | None = None, template: ChatTemplate | None = None, encoder: PromptEncoder | None = None):
         self.settings = settings
@@ -55,7 +61,8 @@ class VLLMClient:
         (its chat template, its block layout); with no model folder at hand, chat requests."""
         if model_dir is None:
             return cls(settings)
-        return cls(settings, template=ChatTemplate.from_model_dir(model_dir), encoder=encoder_for_model(model_dir, token_block))
+        template, encoder = prompt_format_of(model_dir, token_block)
+        return cls(settings, template=template, encoder=encoder)
 
     async def _post(self, path: str, payload: dict) -> list[dict]:
         body = {"model": self.settings.model, "temperature": 0.0, **payload}
@@ -82,13 +89,18 @@ class VLLMClient:
     async def _chat(self, payload: dict) -> dict:
         return (await self._post("/v1/chat/completions", payload))[0]
 
+    def _completion_prompts(self, messages_list: list[list[dict[str, str]]]) -> list[str] | list[list[int]]:
+        """Prompts for `/v1/completions`, as the model was tuned on them: its chat template, then its
+        block layout where it has one."""
+        texts = [self.template.render(m) for m in messages_list]
+        return self.encoder.encode_many(texts) if self.encoder else texts
+
     async def next_token_logprobs_many(self, messages_list: list[list[dict[str, str]]]) -> list[dict[str, float]]:
         """`next_token_logprobs` of several prompts: one request with the chat template, else one
         request per prompt, all at once."""
         if self.template is None or not messages_list:
             return list(await asyncio.gather(*(self.next_token_logprobs(m) for m in messages_list)))
-        texts = [self.template.render(m) for m in messages_list]
-        prompts: list[str] | list[list[int]] = self.encoder.encode_many(texts) if self.encoder else texts
+        prompts = self._completion_prompts(messages_list)
         choices = await self._post(
             "/v1/completions",
             {"prompt": prompts, "max_tokens": 1, "logprobs": self.settings.top_logprobs, "add_special_tokens": False},
@@ -116,9 +128,7 @@ class VLLMClient:
 
     async def generate(self, messages: list[dict[str, str]], max_tokens: int = 16, **extra) -> str:
         if self.template is not None:  # the prompt as the model was tuned on it, as for the logprobs
-            text = self.template.render(messages)
-            prompt = self.encoder.encode(text) if self.encoder else text
-            choice = (await self._post("/v1/completions", {"prompt": prompt, "max_tokens": max_tokens, "add_special_tokens": False, **extra}))[0]
+            choice = (await self._post("/v1/completions", {"prompt": self._completion_prompts([messages])[0], "max_tokens": max_tokens, "add_special_tokens": False, **extra}))[0]
             content = choice.get("text")
         else:
             choice = await self._chat({"messages": messages, "max_tokens": max_tokens, **extra})

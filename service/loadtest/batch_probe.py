@@ -22,8 +22,9 @@ import httpx
 
 from service.llm.prompt_tokens import PromptEncoder
 from service.llm.vllm_server import KV_BLOCK_TOKENS, VLLMServer
-from service.ranking.engine import disjoint_pairs
-from service.ranking.prompts import Candidate, PromptConfig, RatedItem, UserProfile, listwise_prompt, pairwise_prompt, pointwise_prompt
+from service.ranking.engine import task_prompts
+from service.ranking.fusion import TASKS
+from service.ranking.prompts import Candidate, PromptConfig, RatedItem, UserProfile
 
 
 def user_prompts(titles: list[str], cfg: PromptConfig, seed: int, m: int = 10) -> dict[str, list[list[dict[str, str]]]]:
@@ -32,10 +33,7 @@ def user_prompts(titles: list[str], cfg: PromptConfig, seed: int, m: int = 10) -
     liked, disliked, rest = pick[: cfg.max_liked], pick[cfg.max_liked : cfg.max_liked + cfg.max_disliked], pick[cfg.max_liked + cfg.max_disliked :]
     user = UserProfile(liked=[RatedItem(t, 5) for t in liked], disliked=[RatedItem(t, 1) for t in disliked], age=30, gender="F", occupation="writer")
     cands = [Candidate(t, i + 1) for i, t in enumerate(rest)]
-    prompts = {"pointwise": [pointwise_prompt(user, c, cfg, n_candidates=m).messages for c in cands], "pairwise": [], "listwise": [listwise_prompt(user, cands, cfg).messages]}
-    for a, b in disjoint_pairs(m, seed):
-        prompts["pairwise"] += [pairwise_prompt(user, cands[a], cands[b], cfg).messages, pairwise_prompt(user, cands[b], cands[a], cfg).messages]
-    return prompts
+    return {task: [p.messages for p in task_prompts(task, user, cands, cfg, seed)] for task in TASKS}
 
 
 async def probe(model: Path, users: int, in_flight: int) -> None:

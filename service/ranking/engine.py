@@ -32,7 +32,7 @@ from service.ranking.fusion import (
     pointwise_utility,
     rank_by,
 )
-from service.ranking.prompts import Candidate, PromptConfig, UserProfile, listwise_prompt, pairwise_prompt, pointwise_prompt
+from service.ranking.prompts import Candidate, Prompt, PromptConfig, UserProfile, listwise_prompt, pairwise_prompt, pointwise_prompt
 from service.ranking.scoring import expected_rating, letter_probabilities, parse_listwise, yes_probability
 
 
@@ -88,6 +88,23 @@ def disjoint_pairs(m: int, seed: int) -> list[tuple[int, int]]:
     return [(order[k], order[k + 1]) for k in range(0, m - 1, 2)]
 
 
+def pair_asks(m: int, seed: int) -> list[tuple[int, int]]:
+    """The pairwise questions: each disjoint pair in both orders."""
+    return [(i, j) for a, b in disjoint_pairs(m, seed) for i, j in ((a, b), (b, a))]
+
+
+def task_prompts(task: str, user: UserProfile, cands: Sequence[Candidate], cfg: PromptConfig, seed: int = 0) -> list[Prompt]:
+    """The prompts `RankingEngine.rank` sends for one task, in its order (the probes and token
+    counts use them too, so they measure what the engine sends)."""
+    if task == POINTWISE:
+        return [pointwise_prompt(user, c, cfg, n_candidates=len(cands)) for c in cands]
+    if task == PAIRWISE:
+        return [pairwise_prompt(user, cands[i], cands[j], cfg) for i, j in pair_asks(len(cands), seed)]
+    if task == LISTWISE:
+        return [listwise_prompt(user, cands, cfg)]
+    raise ValueError(f"unknown task {task!r}")
+
+
 def seed_for(user_key: str) -> int:
     """A stable per-user seed, so the same request gives the same pairs (and the same answer)."""
     return zlib.crc32(user_key.encode())
@@ -106,7 +123,7 @@ class RankingEngine:
         return list(await asyncio.gather(*(self.llm.next_token_logprobs(p.messages) for p in prompts)))
 
     async def _pointwise(self, user: UserProfile, cands: Sequence[Candidate], out: TaskOutcome) -> None:
-        prompts = [pointwise_prompt(user, c, self.config.prompt, n_candidates=len(cands)) for c in cands]
+        prompts = task_prompts(POINTWISE, user, cands, self.config.prompt)
         out.prompts = len(prompts)
         answers = await self._logprobs_of(prompts)
         ratings = []
@@ -118,9 +135,8 @@ class RankingEngine:
         out.detail = {"expected_rating": [None if r is None else round(r, 4) for r in ratings]}
 
     async def _pairwise(self, user: UserProfile, cands: Sequence[Candidate], seed: int, out: TaskOutcome) -> None:
-        pairs = disjoint_pairs(len(cands), seed)
-        asks = [(i, j) for a, b in pairs for i, j in ((a, b), (b, a))]
-        prompts = [pairwise_prompt(user, cands[i], cands[j], self.config.prompt) for i, j in asks]
+        pairs, asks = disjoint_pairs(len(cands), seed), pair_asks(len(cands), seed)
+        prompts = task_prompts(PAIRWISE, user, cands, self.config.prompt, seed)
         out.prompts = len(prompts)
         answers = await self._logprobs_of(prompts)
         probs = {}
@@ -133,7 +149,7 @@ class RankingEngine:
         out.detail = {"pairs": [[a, b, pa, pb] for a, b, pa, pb in results], "disagreements": util.n_disagree}
 
     async def _listwise(self, user: UserProfile, cands: Sequence[Candidate], out: TaskOutcome) -> None:
-        prompt = listwise_prompt(user, cands, self.config.prompt)
+        [prompt] = task_prompts(LISTWISE, user, cands, self.config.prompt)
         out.prompts = 1
         if self.config.listwise_mode == "logprobs":
             probs = letter_probabilities((await self._logprobs_of([prompt]))[0], len(cands))

@@ -25,6 +25,9 @@ LETTERS = string.ascii_uppercase
 MAX_TITLE_CHARS = 120
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f<>|`\"#]+")
 _SPACES = re.compile(r"\s+")
+# Between the user block and a task's question; `service.llm.prompt_tokens` aligns KV blocks at it.
+# Titles cannot contain it: sanitize_title removes "#" and newlines.
+QUESTION_HEADING = "\n\n## Question\n"
 
 
 def sanitize_title(title: str) -> str:
@@ -83,7 +86,7 @@ class Prompt:
     @property
     def shared_prefix(self) -> str:
         """The part identical for every prompt of one user (system message and history block)."""
-        return self.messages[0]["content"] + "\n" + self.messages[1]["content"].split("\n\n## ", 1)[0]
+        return self.messages[0]["content"] + "\n" + self.messages[1]["content"].split(QUESTION_HEADING, 1)[0]
 
 
 def _profile_line(user: UserProfile) -> str | None:
@@ -122,7 +125,7 @@ def _shared_block(user: UserProfile, cfg: PromptConfig, rng: random.Random | Non
 
 
 def _with_question(shared: list[dict[str, str]], question: str) -> list[dict[str, str]]:
-    return [shared[0], {"role": "user", "content": shared[1]["content"] + "\n\n## Question\n" + question}]
+    return [shared[0], {"role": "user", "content": shared[1]["content"] + QUESTION_HEADING + question}]
 
 
 def pointwise_prompt(user: UserProfile, candidate: Candidate, cfg: PromptConfig = PromptConfig(), shuffle_rng: random.Random | None = None, n_candidates: int | None = None) -> Prompt:

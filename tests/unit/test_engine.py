@@ -9,7 +9,7 @@ import math
 import pytest
 
 from service.llm.client import LLMError
-from service.ranking.engine import EngineConfig, RankingEngine, disjoint_pairs
+from service.ranking.engine import EngineConfig, RankingEngine, disjoint_pairs, task_prompts
 from service.ranking.prompts import Candidate, RatedItem, UserProfile
 
 USER = UserProfile(liked=[RatedItem("Heat", 5), RatedItem("Babe", 4)], disliked=[RatedItem("Striptease", 1)])
@@ -123,3 +123,23 @@ async def _timed(coro):
     start = loop.time()
     result = await coro
     return result, loop.time() - start
+
+
+def test_task_prompts_are_the_prompts_the_engine_sends():
+    """The probes and token counts build a user's prompts with `task_prompts`: they must be what
+    `rank` sends, task by task."""
+
+    class Recording(ScriptedLLM):
+        def __init__(self):
+            super().__init__()
+            self.sent: list = []
+
+        async def next_token_logprobs(self, messages):
+            self.sent.append(messages)
+            return await super().next_token_logprobs(messages)
+
+    config = EngineConfig()
+    for task in ("pointwise", "pairwise", "listwise"):
+        llm = Recording()
+        run(RankingEngine(llm, config).rank(USER, CANDS, seed=3, tasks=[task]))
+        assert llm.sent == [p.messages for p in task_prompts(task, USER, CANDS, config.prompt, seed=3)]
