@@ -36,11 +36,14 @@ backbones: $(PY)
 tune: $(PY)
 	$(PY) -m training tune --dataset $(DATASET) --profile $(PROFILE) --backbone $(HINT_BACKBONE) --sampling $(SAMPLING)
 
-# Reranks LightGCN's and SASRec's top-m (m = 10, 20) with the tuned model through a real vLLM CPU
-# server and writes reports/eval-$(DATASET)-<backbone>.{json,md,png}. Needs `make tune` first (~43 min here).
-EVAL_USERS ?= 200
+# Reranks LightGCN's and SASRec's top-10 with the tuned model through a real vLLM CPU server, for
+# every evaluated user at the validation stage (where fusion is fitted) and the test stage, and
+# writes reports/eval-$(DATASET)-<backbone>.* and reports/quality-$(DATASET).*. Needs `make tune`
+# first. M="10 20" adds m = 20 (about twice the cost); EVAL_USERS=n samples n users per stage.
+M ?= 10
+EVAL_USERS ?= 0
 eval: $(PY)
-	$(PY) -m training eval --dataset $(DATASET) --backbones lightgcn sasrec --m 10 20 --test-users $(EVAL_USERS) --valid-users $(EVAL_USERS)
+	$(PY) -m training eval --dataset $(DATASET) --backbones lightgcn sasrec --m $(M) --test-users $(EVAL_USERS) --valid-users $(EVAL_USERS)
 
 # Tuning ablations (uniform sampling, no enhancement, no position shifting), each a tuning run of
 # PROFILE -> reports/ablation-$(DATASET).{json,md}. About 20 min per variant on this CPU.

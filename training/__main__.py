@@ -107,6 +107,8 @@ def cmd_tune(args, paths: Paths) -> int:
         model_path=args.model_path,
         enhancement=not args.no_enhancement,
         position_shift=not args.no_position_shift,
+        hints=args.hints,
+        pointwise_hint=not args.no_pointwise_hint,
         export_dir=args.export_dir,
     )
     run_tune(req, paths)
@@ -175,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path", type=Path, default=None, help="local Hugging Face model folder (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--no-enhancement", action="store_true", help="ablation: prompts without backbone hints")
     p.add_argument("--no-position-shift", action="store_true", help="ablation: keep history and candidate order")
+    p.add_argument("--hints", default="honest", choices=["honest", "paper"], help="honest: hints from a backbone fitted before each target (default); paper: from the serving backbone")
+    p.add_argument("--no-pointwise-hint", action="store_true", help="pointwise prompts without the rank hint")
     p.add_argument("--export-dir", type=Path, default=None, help="default artifacts/<dataset>/model")
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("ablate", help="tuning ablations: uniform sampling, no enhancement, no position shifting -> reports/ablation-<dataset>.{json,md}")
@@ -186,9 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="rerank backbones' top-m with the tuned LLM (real vLLM server) and report")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--backbones", nargs="+", default=["lightgcn", "sasrec"])
-    p.add_argument("--m", nargs="+", type=int, default=[10, 20])
-    p.add_argument("--test-users", type=int, default=200)
-    p.add_argument("--valid-users", type=int, default=200)
+    p.add_argument("--m", nargs="+", type=int, default=[10], help="candidate list lengths (default 10; 20 costs about twice as much)")
+    p.add_argument("--test-users", type=int, default=0, help="0 (default): every evaluated user")
+    p.add_argument("--valid-users", type=int, default=0, help="0 (default): every evaluated user")
     p.add_argument("--model-dir", type=Path, default=None, help="default artifacts/<dataset>/model")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="default: bfloat16 where the CPU has bf16 instructions, else float32")
     p.set_defaults(func=cmd_eval)

@@ -114,16 +114,28 @@ def reference_scores(valid_rows: list[dict], train_rows: list[dict]) -> dict:
       of simply following the backbone's hint in the prompt."""
     train_ratings = [r["label"]["rating"] for r in train_rows if r["task"] == "pointwise"]
     valid_ratings = [r["label"]["rating"] for r in valid_rows if r["task"] == "pointwise"]
-    pairs = [r["label"] for r in valid_rows if r["task"] == "pairwise" and "hint_prefers_a" in r["label"]]
-    lists = [r["label"] for r in valid_rows if r["task"] == "listwise" and "hint_top" in r["label"]]
     out: dict = {}
     if train_ratings and valid_ratings:
         out["pointwise_mae_of_median"] = float(np.mean(np.abs(np.array(valid_ratings) - np.median(train_ratings))))
-    if pairs:
-        out["pairwise_accuracy_of_hint"] = float(np.mean([p["hint_prefers_a"] == p["prefers_a"] for p in pairs]))
-    if lists:
-        out["listwise_hits_at_5_of_hint"] = float(np.mean([len(set(x["hint_top"]) & set(x["relevant_letters"])) / len(x["relevant_letters"]) for x in lists]))
+    hint = hint_reliability(valid_rows)
+    if hint["pairs"]:
+        out["pairwise_accuracy_of_hint"] = hint["pairwise_accuracy"]
+    if hint["lists"]:
+        out["listwise_hits_at_5_of_hint"] = hint["listwise_hits_at_5"]
     return out
+
+
+def hint_reliability(rows: list[dict]) -> dict:
+    """How often following the prompt's hint alone answers right: pairwise accuracy of the hinted
+    preference, and the share of relevant listwise candidates among the hint's top letters."""
+    pairs = [r["label"] for r in rows if r["task"] == "pairwise" and "hint_prefers_a" in r["label"]]
+    lists = [r["label"] for r in rows if r["task"] == "listwise" and "hint_top" in r["label"] and r["label"]["relevant_letters"]]
+    return {
+        "pairwise_accuracy": float(np.mean([p["hint_prefers_a"] == p["prefers_a"] for p in pairs])) if pairs else None,
+        "listwise_hits_at_5": float(np.mean([len(set(x["hint_top"]) & set(x["relevant_letters"])) / len(x["relevant_letters"]) for x in lists])) if lists else None,
+        "pairs": len(pairs),
+        "lists": len(lists),
+    }
 
 
 def answer_loss(model, tokenizer, rows: list[dict], batch_size: int = 8, token_block: int = 0) -> float:

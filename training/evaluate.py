@@ -2,24 +2,30 @@
 the very engine the service runs, then compare the backbone, each task, the hybrid and the learned
 fusion (with and without LLM features).
 
-Decisions: users are a seeded sample (all 942 test users x 41 prompts x 2 backbones x 2 m would
-take hours on 2 CPU cores); prompts read only the training part of the split, as in tuning; the
-learned fusion is fitted on the validation stage (the validation item as the relevant one, the
-backbone's validation-time top-m as candidates) and applied to the test stage; it is boosted from
-the hybrid's ranking and its guard keeps the hybrid (or the backbone order) unless cross-validation
-on the validation users shows a clear gain.
-Raw engine outputs are cached per model and backbone, so re-running only recomputes the report.
+Decisions: every evaluated user at both stages by default (942 on ML-100K; 200 users cannot tell a
+10% gain from noise), m = 10 (m = 20 on request); prompts read only the training part of the split,
+as in tuning. Everything chosen (hybrid weights, the learned fusions, whether the LLM's features are
+kept) is fitted on the validation stage (the validation item as the relevant one, the backbone's
+validation-time top-m as candidates) and only applied to the test stage.
+The non-LLM competitor `learned_no_llm` is LightGBM LambdaRank over the scores and ranks of several
+backbones, training-period popularity, genre overlap and recency (`service.ranking.features`);
+`learned` adds the three LLM task utilities to the same features and falls back to
+`learned_no_llm` unless cross-validation on the validation users shows the LLM clearly helps.
+Each method's per-user NDCG@3 / HR@3 is compared, paired, with the backbone's and with
+`learned_no_llm`'s (`training.paired_stats`). Raw engine outputs are cached per model and
+backbone, so re-running only recomputes the report.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,27 +38,34 @@ from service.llm.hardware import default_cpu_dtype
 from service.llm.prompt_tokens import PromptEncoder
 from service.llm.vllm_server import VLLMServer
 from service.ranking.engine import EngineConfig, RankingEngine, seed_for
+from service.ranking.features import CandidateContext, non_llm_features, rank_among
 from service.ranking.fusion import (
     LearnedFusion,
     LearnedFusionConfig,
     UserGroup,
+    clearly_better,
     feature_matrix,
     fusion_model_path,
     hybrid_scores,
     rank_by,
 )
-from service.ranking.profile import conventional_features
 from service.ranking.prompts import Candidate, PromptConfig
 from training.backbone_artifacts import load_backbone
 from training.data import Split, leave_one_out, load_dataset
 from training.instructions import user_profile
-from training.metrics import KS, hit_gains, metrics_from_ranks, ndcg_gains
+from training.metrics import KS, hit_gains, hr_from_ranks, metrics_from_ranks, ndcg_from_ranks, ndcg_gains
+from training.paired_stats import paired_comparison
 from training.paths import Paths
 from training.pipeline import train_backbone
+from training.quality_report import update_quality_report
 
 console = Console(soft_wrap=True)
 TASK_METHODS = ("pointwise", "pairwise", "listwise")
-METHODS = ("backbone", *TASK_METHODS, "hybrid", "hybrid_tuned", "learned", "learned_no_llm")
+METHODS = ("backbone", *TASK_METHODS, "hybrid", "hybrid_tuned", "rank_mean_no_llm", "learned_no_llm", "learned")
+UNFITTED = ("backbone", *TASK_METHODS, "hybrid", "rank_mean_no_llm")  # scored on validation users too
+FEATURE_BACKBONES = ("mf", "lightgcn", "sasrec")
+REFERENCES = ("backbone", "learned_no_llm")  # what each method is compared with, paired
+GUARD_Z = 2.25
 # Weights searched for `hybrid_tuned` (the paper leaves them to us): each task and a backbone-rank prior.
 WEIGHT_GRID = {"pointwise": (0.0, 0.25, 0.5, 1.0), "pairwise": (0.0, 0.25, 0.5, 1.0), "listwise": (0.0, 0.25, 0.5, 1.0), "backbone": (0.0, 0.5, 1.0, 2.0, 4.0)}
 
@@ -61,9 +74,10 @@ WEIGHT_GRID = {"pointwise": (0.0, 0.25, 0.5, 1.0), "pairwise": (0.0, 0.25, 0.5, 
 class EvalRequest:
     dataset: str = "ml-100k"
     backbones: tuple[str, ...] = ("lightgcn", "sasrec")
-    ms: tuple[int, ...] = (10, 20)
-    test_users: int = 200
-    valid_users: int = 200
+    ms: tuple[int, ...] = (10,)
+    test_users: int = 0  # 0: every evaluated user
+    valid_users: int = 0
+    feature_backbones: tuple[str, ...] = FEATURE_BACKBONES
     seed: int = 2024
     model_dir: Path | None = None  # default artifacts/<dataset>/model
     concurrent_users: int = 4
@@ -89,7 +103,7 @@ class Record:
 
 def sample_users(split: Split, n: int, seed: int) -> np.ndarray:
     users = split.evaluated_users()
-    if n >= len(users):
+    if n <= 0 or n >= len(users):
         return users
     return np.sort(np.random.default_rng(seed).choice(users, size=n, replace=False))
 
@@ -140,14 +154,34 @@ async def _run_engine(engine: RankingEngine, split: Split, users: np.ndarray, st
     return list(records)
 
 
-def extra_features(split: Split, rec: Record, popularity: np.ndarray) -> dict[str, np.ndarray]:
-    """Conventional signals, computed by the same code the gateway runs."""
+def engine_cache_dir(paths: Paths, dataset: str, run_key: str) -> Path:
+    folder = paths.artifacts / dataset / "eval" / run_key
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def stage_records(cache: Path, run: Callable[[], Awaitable[list[Record]]] | None) -> list[Record]:
+    """One stage's engine outputs, from `cache` when an earlier run (eval or tune) left them."""
+    if cache.is_file():
+        return [Record(**json.loads(line)) for line in cache.read_text().splitlines()]
+    start = time.perf_counter()
+    records = asyncio.run(run())
+    console.print(f"{cache.stem}: {len(records)} users in {time.perf_counter() - start:.0f}s")
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+    tmp.replace(cache)  # a killed run leaves no half-written cache behind
+    return records
+
+
+def features_of(split: Split, rec: Record, popularity: np.ndarray, stage_scores: dict[str, np.ndarray], with_llm: bool):
+    """The learned fusion's input for one user, through the builder the gateway runs."""
     ds = split.dataset
-    liked = [ds.items[i].genres for i in split.liked_sequence(rec.user)]
-    return conventional_features(liked, [ds.items[i].genres for i in rec.items], popularity[rec.items])
-
-
-def features_of(split: Split, rec: Record, popularity: np.ndarray, with_llm: bool):
+    ctx = CandidateContext(
+        liked_genres=[ds.items[i].genres for i in split.history(rec.user, rec.stage)],
+        candidate_genres=[ds.items[i].genres for i in rec.items],
+        candidate_popularity=popularity[rec.items],
+        backbone_scores={name: scores[rec.user, rec.items] for name, scores in stage_scores.items()},
+    )
     u = {t: np.asarray(v) for t, v in rec.utilities.items()} if with_llm else {}
     return feature_matrix(
         rec.m,
@@ -155,8 +189,27 @@ def features_of(split: Split, rec: Record, popularity: np.ndarray, with_llm: boo
         pairwise=u.get("pairwise"),
         listwise=u.get("listwise"),
         backbone_scores=np.asarray(rec.backbone_scores),
-        extra=extra_features(split, rec, popularity),
+        extra=non_llm_features(ctx),
     )
+
+
+def rank_mean_order(rec: Record, stage_scores: dict[str, np.ndarray]) -> list[int]:
+    """The plain non-LLM ensemble: candidates by their mean rank over the feature backbones."""
+    mean_rank = np.mean([rank_among(scores[rec.user, rec.items]) for scores in stage_scores.values()], axis=0)
+    return [int(i) for i in np.argsort(mean_rank, kind="stable")]
+
+
+def method_orders(rec: Record, stage_scores: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """Orders of the methods that need nothing fitted (candidate indices, best first)."""
+    util = {t: np.asarray(v) for t, v in rec.utilities.items()}
+    backbone = list(range(rec.m))
+    out = {"backbone": backbone}
+    for task in TASK_METHODS:
+        out[task] = rank_by(util[task]) if task in util else backbone
+    out["hybrid"] = rank_by(hybrid_scores(util)) if util else backbone
+    if stage_scores:
+        out["rank_mean_no_llm"] = rank_mean_order(rec, stage_scores)
+    return out
 
 
 def utilities_with_backbone(rec: Record) -> dict[str, np.ndarray]:
@@ -222,6 +275,22 @@ def bootstrap_differences(ranks: dict[str, np.ndarray], m: int, n: int, seed: in
     return out
 
 
+def paired_rows(ranks: dict[str, np.ndarray], m: int, n_boot: int, seed: int, k: int = 3) -> list[dict]:
+    """Each method against each reference, on the same users: NDCG@k and HR@k differences with
+    bootstrap intervals, paired t-test p-values and the minimal detectable effect."""
+    out = []
+    for ref in REFERENCES:
+        if ref not in ranks:
+            continue
+        for method, r in ranks.items():
+            if method == ref:
+                continue
+            for kind, gains in (("NDCG", ndcg_gains), ("HR", hit_gains)):
+                cmp = paired_comparison(gains(r, k), gains(ranks[ref], k), n_boot=n_boot, seed=seed)
+                out.append({"method": method, "m": m, "metric": f"{kind}@{k}", "vs": ref, **cmp})
+    return out
+
+
 def moves(ranks: dict[str, np.ndarray], k: int = 3) -> dict[str, dict[str, int]]:
     """Like the paper's figure: users whose target moved into (wrong->right) or out of the top-k."""
     base_in = (ranks["backbone"] >= 0) & (ranks["backbone"] < k)
@@ -234,60 +303,80 @@ def moves(ranks: dict[str, np.ndarray], k: int = 3) -> dict[str, dict[str, int]]
     return out
 
 
+def stage_backbone_scores(paths: Paths, split: Split, names: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+    """{stage: {backbone: (n_users, n_items) scores}} from each backbone's state at that stage."""
+    all_users = np.arange(split.n_users)
+    out: dict[str, dict[str, np.ndarray]] = {"valid": {}, "test": {}}
+    for name in names:
+        model = load_backbone(paths.backbone_dir(split.dataset.name, name))
+        for stage in out:
+            out[stage][name] = model.score(all_users, [split.history(u, stage) for u in all_users])
+    return out
+
+
+def fit_fusions(split: Split, valid: list[Record], popularity: np.ndarray, scores: dict[str, np.ndarray], seed: int) -> tuple[dict[str, LearnedFusion], dict]:
+    """Both learned fusions on the validation users, and the decision whether `learned` keeps its
+    LLM features: only when its cross-validated NDCG@3 beats `learned_no_llm`'s for clearly more
+    users than it loses (the fusion's sign test); otherwise `learned` is `learned_no_llm`."""
+    config = LearnedFusionConfig(guard_k=3, seed=seed)
+    fitted, cv, per_user = {}, {}, {}
+    for name, with_llm in (("learned_no_llm", False), ("learned", True)):
+        groups = [UserGroup.with_relevant(features_of(split, r, popularity, scores, with_llm), relevant_index(r)) for r in valid]
+        report, per_user[name] = LearnedFusion(config).cross_validated_per_user(groups, folds=5, k=3)
+        fitted[name] = LearnedFusion(config).fit(groups)
+        cv[name] = asdict(report) | {"fallback": fitted[name].fallback_}
+    keeps_llm = clearly_better(per_user["learned"]["guarded"], per_user["learned_no_llm"]["guarded"], GUARD_Z)
+    cv["learned"]["uses_llm_features"] = bool(keeps_llm)
+    return fitted, cv
+
+
 def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: str, new_client: Callable[[], VLLMClient], prompt_cfg: PromptConfig, run_key: str, model_dir: Path) -> dict:
     ds = split.dataset
     folder = paths.backbone_dir(ds.name, backbone)
     tops = candidate_lists(folder, ds)
-    model = load_backbone(folder)
-    all_users = np.arange(split.n_users)
-    scores = {stage: model.score(all_users, [split.history(u, stage) for u in all_users]) for stage in ("valid", "test")}
+    names = tuple(dict.fromkeys((*req.feature_backbones, backbone)))
+    scores = stage_backbone_scores(paths, split, names)
     _, liked_items = split.liked_pairs()
     popularity = np.bincount(liked_items, minlength=split.n_items).astype(float)
     stage_users = {"test": sample_users(split, req.test_users, req.seed), "valid": sample_users(split, req.valid_users, req.seed + 1)}
-    cache_dir = paths.artifacts / ds.name / "eval" / run_key
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    report: dict = {"rows": [], "bootstrap": [], "cv": {}, "moves": {}, "llm": {}, "fusion_models": {}}
+    cache_dir = engine_cache_dir(paths, ds.name, run_key)
+    report: dict = {"rows": [], "bootstrap": [], "paired": [], "validation": {}, "cv": {}, "moves": {}, "llm": {}, "fusion_models": {},
+                    "users": {stage: int(len(u)) for stage, u in stage_users.items()}, "feature_backbones": list(names)}
     for m in req.ms:
         records: dict[str, list[Record]] = {}
         for stage, users in stage_users.items():
-            cache = cache_dir / f"{backbone}-{stage}-m{m}-u{len(users)}-s{req.seed}.jsonl"
-            if cache.is_file():
-                records[stage] = [Record(**json.loads(line)) for line in cache.read_text().splitlines()]
-                continue
-            start = time.perf_counter()
-            records[stage] = asyncio.run(run_engine(new_client, split, users, stage, m, tops, prompt_cfg, scores[stage], req.concurrent_users))
-            console.print(f"{backbone} {stage} m={m}: {len(users)} users in {time.perf_counter() - start:.0f}s")
-            cache.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records[stage]))
+            records[stage] = stage_records(cache_dir / f"{backbone}-{stage}-m{m}-u{len(users)}-s{req.seed}.jsonl",
+                                           functools.partial(run_engine, new_client, split, users, stage, m, tops, prompt_cfg, scores[stage][backbone], req.concurrent_users))
+        valid_ranks = {method: [] for method in UNFITTED}
+        for rec in records["valid"]:
+            for method, order in method_orders(rec, scores["valid"]).items():
+                valid_ranks[method].append(target_rank(order, rec))
+        report["validation"][f"m{m}"] = {method: metrics_from_ranks(np.asarray(r), (3,)) for method, r in valid_ranks.items()}
+        fitted, cv = fit_fusions(split, records["valid"], popularity, scores["valid"], req.seed)
         fusion_dir = model_dir / "fusion"
         fusion_dir.mkdir(exist_ok=True)
-        fitted = {}
-        for name, with_llm in (("learned", True), ("learned_no_llm", False)):
-            groups = [UserGroup.with_relevant(features_of(split, r, popularity, with_llm), relevant_index(r)) for r in records["valid"]]
-            config = LearnedFusionConfig(guard_k=3)
-            cv = LearnedFusion(config).cross_validated_ndcg(groups, folds=5, k=3)
-            fitted[name] = LearnedFusion(config).fit(groups)
+        for name, model in fitted.items():
             path = fusion_model_path(fusion_dir, backbone, m, name)
-            fitted[name].save(path)
-            report["cv"][f"{name}_m{m}"] = asdict(cv) | {"fallback": fitted[name].fallback_}
+            model.save(path)
             report["fusion_models"][f"{name}_m{m}"] = str(path)
+            report["cv"][f"{name}_m{m}"] = cv[name]
+        uses_llm = cv["learned"]["uses_llm_features"]
         tuned_weights = select_hybrid_weights(records["valid"], k=3)
         report.setdefault("hybrid_tuned_weights", {})[f"m{m}"] = tuned_weights
         test = records["test"]
         ranks: dict[str, list[int]] = {method: [] for method in METHODS}
         for rec in test:
-            util = {t: np.asarray(v) for t, v in rec.utilities.items()}
-            ranks["backbone"].append(target_rank(list(range(rec.m)), rec))
-            for task in TASK_METHODS:
-                order = rank_by(util[task]) if task in util else list(range(rec.m))
-                ranks[task].append(target_rank(order, rec))
-            ranks["hybrid"].append(target_rank(rank_by(hybrid_scores(util)) if util else list(range(rec.m)), rec))
+            for method, order in method_orders(rec, scores["test"]).items():
+                ranks[method].append(target_rank(order, rec))
             ranks["hybrid_tuned"].append(target_rank(rank_by(hybrid_scores(utilities_with_backbone(rec), tuned_weights)), rec))
-            for name, with_llm in (("learned", True), ("learned_no_llm", False)):
-                ranks[name].append(target_rank(fitted[name].rank(features_of(split, rec, popularity, with_llm)), rec))
+            no_llm = target_rank(fitted["learned_no_llm"].rank(features_of(split, rec, popularity, scores["test"], False)), rec)
+            ranks["learned_no_llm"].append(no_llm)
+            ranks["learned"].append(target_rank(fitted["learned"].rank(features_of(split, rec, popularity, scores["test"], True)), rec) if uses_llm else no_llm)
         arrays = {k: np.asarray(v) for k, v in ranks.items()}
         hit = arrays["backbone"] >= 0
         report["rows"] += metric_rows(arrays, hit, m)
         report["bootstrap"] += bootstrap_differences(arrays, m, req.bootstrap, req.seed)
+        report["paired"] += paired_rows(arrays, m, req.bootstrap, req.seed)
         report["moves"][f"m{m}"] = moves(arrays, k=3)
         report["llm"][f"m{m}"] = {
             "invalid_answers": {t: int(sum(r.invalid.get(t, 0) for r in test)) for t in TASK_METHODS},
@@ -306,8 +395,16 @@ def markdown(report: dict, backbone: str, dataset: str) -> str:
             lines += [f"## m = {m}, {subset} test users ({rows[0]['users']})", "", "| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
             lines += [f"| {r['method']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |" for r in rows]
             lines.append("")
-        lines += [f"### m = {m}: difference to the backbone (all users), NDCG@3 with 95% bootstrap interval", ""]
-        lines += [f"- {b['method']}: {b['diff']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]" for b in report["bootstrap"] if b["m"] == m and b["metric"] == "NDCG@3"]
+        lines += [
+            f"### m = {m}: paired NDCG@3 differences (all test users), 95% bootstrap interval, paired t-test, minimal detectable effect at 80% power",
+            "",
+            "| method | vs | diff | 95% interval | p | MDE |",
+            "|---|---|---:|---|---:|---:|",
+        ]
+        lines += [
+            f"| {p['method']} | {p['vs']} | {p['diff']:+.4f} | [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}] | {p['p_value']:.3f} | {p['mde']:.4f} |"
+            for p in report.get("paired", []) if p["m"] == m and p["metric"] == "NDCG@3"
+        ]
         lines.append("")
     lines += [
         "## Learned fusion, 5-fold cross-validation on the validation users (NDCG@3)",
@@ -349,21 +446,61 @@ def plot_moves(report: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+@contextlib.contextmanager
+def llm_clients(req: EvalRequest, paths: Paths, model_dir: Path, prompt_cfg: PromptConfig) -> Iterator[Callable[[], VLLMClient]]:
+    """A vLLM CPU server on the tuned model for the duration; yields a factory of clients on the
+    model's chat template and block layout (one per stage, as each stage runs its own event loop)."""
+    with VLLMServer(model_dir, dtype=req.dtype or default_cpu_dtype(), cache_dir=paths.cache / "vllm", log_file=paths.cache / "vllm" / "eval.log") as server:
+        console.print(f"vLLM ready at {server.base_url} ({server.dtype}, prefix caching on)")
+        llm = LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=300)
+        template, encoder = prompt_format_of(model_dir, prompt_cfg.token_block)
+        yield functools.partial(VLLMClient, llm, template=template, encoder=encoder)
+
+
+SERVING_VALIDATION_METHODS = ("backbone", *TASK_METHODS, "hybrid")
+
+
+def serving_validation(paths: Paths, split: Split, model_dir: Path, backbone: str, req: EvalRequest = EvalRequest()) -> dict:
+    """The serving task on the validation stage: NDCG@3 / HR@3 of reranking every validation user's
+    `backbone` top-m (the validation item the relevant one) by the backbone, each task and the
+    hybrid, and the hybrid's paired difference to the backbone. It chooses between tuning variants;
+    its engine outputs are the very cache `make eval` reads for that stage."""
+    ds = split.dataset
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    prompt_cfg = PromptConfig(**manifest["prompt_config"])
+    folder = paths.backbone_dir(ds.name, backbone)
+    tops = candidate_lists(folder, ds)
+    all_users = np.arange(split.n_users)
+    scores = load_backbone(folder).score(all_users, [split.history(u, "valid") for u in all_users])
+    users = sample_users(split, req.valid_users, req.seed + 1)
+    m = req.ms[0]
+    cache = engine_cache_dir(paths, ds.name, manifest["run_key"]) / f"{backbone}-valid-m{m}-u{len(users)}-s{req.seed}.jsonl"
+    if cache.is_file():
+        records = stage_records(cache, None)
+    else:
+        with llm_clients(req, paths, model_dir, prompt_cfg) as new_client:
+            records = stage_records(cache, functools.partial(run_engine, new_client, split, users, "valid", m, tops, prompt_cfg, scores, req.concurrent_users))
+    ranks = {method: np.asarray([target_rank(method_orders(r, {})[method], r) for r in records]) for method in SERVING_VALIDATION_METHODS}
+    gain = paired_comparison(ndcg_gains(ranks["hybrid"], 3), ndcg_gains(ranks["backbone"], 3), n_boot=req.bootstrap, seed=req.seed)
+    return {
+        "backbone": backbone, "m": m, "users": len(records),
+        "NDCG@3": {k: ndcg_from_ranks(r, 3) for k, r in ranks.items()},
+        "HR@3": {k: hr_from_ranks(r, 3) for k, r in ranks.items()},
+        "hybrid_vs_backbone": gain,
+    }
+
+
 def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
     dataset = load_dataset(req.dataset, cache_dir=paths.cache)
     split = leave_one_out(dataset)
     model_dir = req.model_dir or (paths.artifacts / dataset.name / "model")
     manifest = json.loads((model_dir / "manifest.json").read_text())
     prompt_cfg = PromptConfig(**manifest["prompt_config"])
-    for backbone in req.backbones:  # `make tune` trains only the hint backbone; a trained one is skipped
+    for backbone in dict.fromkeys((*req.backbones, *req.feature_backbones)):  # `make tune` trains only the hint backbone; a trained one is skipped
         train_backbone(backbone, dataset, split, paths)
     out = []
-    with VLLMServer(model_dir, dtype=req.dtype or default_cpu_dtype(), cache_dir=paths.cache / "vllm", log_file=paths.cache / "vllm" / "eval.log") as server:
-        console.print(f"vLLM ready at {server.base_url} ({server.dtype}, prefix caching on)")
-        llm = LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=300)
-        # template and tokenizer loaded once; a client per stage, since each runs its own event loop
-        template, encoder = prompt_format_of(model_dir, prompt_cfg.token_block)
-        new_client = functools.partial(VLLMClient, llm, template=template, encoder=encoder)
+    reports = {}
+    with llm_clients(req, paths, model_dir, prompt_cfg) as new_client:
         for backbone in req.backbones:
             report = evaluate_backbone(req, paths, split, backbone, new_client, prompt_cfg, manifest["run_key"], model_dir)
             report["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(req).items()} | {"backbone": backbone, "model_run_key": manifest["run_key"]}
@@ -374,6 +511,8 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
             plot_moves(report, base.with_suffix(".png"), backbone)
             console.print(base.with_suffix(".md").read_text())
             out.append(base.with_suffix(".json"))
+            reports[backbone] = report
+    out += update_quality_report(Path("reports"), dataset.name, manifest, reports)
     return out
 
 

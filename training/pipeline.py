@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from service.llm.hardware import machine_description
 from service.llm.vllm_server import KV_BLOCK_TOKENS
 from service.ranking.prompts import PromptConfig
-from training.answer_eval import reference_scores
+from training.answer_eval import hint_reliability, reference_scores
 from training.backbone_artifacts import load_backbone, training_time_scores, write_backbone_artifacts, write_dataset_tables
 from training.data import Dataset, Split, leave_one_out, load_dataset
 from training.fsutil import atomic_folder
+from training.hint_split import HintCut, cut_training_period, held_out_targets
+from training.honest_examples import ServingListExampleBuilder
 from training.instructions import (
     ExampleBuilder,
     InstructionConfig,
@@ -39,10 +42,10 @@ from training.tune import PROFILES, TuneProfile, merge_adapter, thread_settings,
 console = Console(soft_wrap=True)
 
 
-def train_backbone(name: str, dataset: Dataset, split: Split, paths: Paths, overrides: dict | None = None, force: bool = False) -> dict:
+def train_backbone(name: str, dataset: Dataset, split: Split, paths: Paths, overrides: dict | None = None, force: bool = False, folder: Path | None = None) -> dict:
     from training.backbones import get_backbone
 
-    folder = paths.backbone_dir(dataset.name, name)
+    folder = folder or paths.backbone_dir(dataset.name, name)
     if (folder / "metrics.json").is_file() and not force:
         console.print(f"[dim]{name}: already trained ({folder}/metrics.json), skipped[/dim]")
         return json.loads((folder / "metrics.json").read_text())
@@ -62,8 +65,10 @@ def train_backbone(name: str, dataset: Dataset, split: Split, paths: Paths, over
 
 # Bumped when the instruction data changes for the same request (2: shuffled validation prompts;
 # 3: each task's question and answer format before the candidate lines; 4: token ids padded to
-# vLLM's KV blocks after the user block and the question line).
-INSTRUCTIONS_VERSION = 4
+# vLLM's KV blocks after the user block and the question line; 5: honest hints, hint reliability).
+INSTRUCTIONS_VERSION = 5
+HINT_MODES = ("honest", "paper")
+NOT_TUNING_INPUTS = {"serving_validation_users"}
 
 
 @dataclass(frozen=True)
@@ -76,13 +81,17 @@ class TuneRequest:
     model_path: Path | None = None  # any local HF folder; default the embedded SmolLM2
     enhancement: bool = True
     position_shift: bool = True
+    # "honest": hints from a backbone fitted before each user's target period (training.hint_split);
+    # "paper": hints from the serving backbone, which was fitted on the very items asked about.
+    hints: str = "honest"
+    pointwise_hint: bool = True
     export_dir: Path | None = None  # default artifacts/<dataset>/model
 
     def key(self, profile: TuneProfile) -> str:
         blob = json.dumps(
             {
                 "req": {k: str(v) for k, v in asdict(self).items() if k not in ("export_dir",)},
-                "profile": profile.model_dump(),
+                "profile": profile.model_dump(exclude=NOT_TUNING_INPUTS),
                 "instructions_version": INSTRUCTIONS_VERSION,
             },
             sort_keys=True,
@@ -102,28 +111,44 @@ def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Datas
     if (folder / "stats.json").is_file():
         console.print(f"[dim]instruction set {folder} exists, reused[/dim]")
         return folder
-    backbone = load_backbone(paths.backbone_dir(dataset.name, req.backbone))
-    scores = training_time_scores(backbone, split)
-    all_users = np.arange(split.n_users)
-    eligible = np.array([u for u in all_users if len(split.liked_sequence(u)) >= 2])
-    train_users, valid_users = split_users_for_validation(eligible, profile.valid_share, profile.seed, profile.valid_users_min)
-    embeddings = backbone.user_vectors(train_users, [split.history(u, "valid") for u in train_users])
-    liked_counts = np.array([len(split.liked_sequence(u)) for u in all_users])
-    sample = sample_users(req.sampling, profile.n_draws, train_users, liked_counts, embeddings, seed=profile.seed)
-    console.print(sample.describe())
     prompt_cfg = PromptConfig(
         domain="book" if dataset.name == "bookcrossing" else "movie",
         max_rating=int(dataset.scale.max_rating),
         max_liked=profile.max_liked,
         max_disliked=profile.max_disliked,
         with_hints=req.enhancement,
+        with_pointwise_hint=req.pointwise_hint,
         token_block=KV_BLOCK_TOKENS,
     )
-    builder = ExampleBuilder(split, scores, prompt_cfg, InstructionConfig(seed=profile.seed))
+    inst_cfg = InstructionConfig(seed=profile.seed)
+    serving_backbone = load_backbone(paths.backbone_dir(dataset.name, req.backbone))
+    if req.hints == "honest":
+        cut = HintCut()
+        hint_split, targets = cut_training_period(split, cut)
+        folder_of_hints = paths.backbone_dir(dataset.name, f"{req.backbone}-{cut.tag}")
+        train_backbone(req.backbone, dataset, hint_split, paths, folder=folder_of_hints)
+        backbone, source = load_backbone(folder_of_hints), hint_split
+        builder = ServingListExampleBuilder(hint_split, "valid", training_time_scores(backbone, hint_split), targets, prompt_cfg, inst_cfg)
+        eligible = np.array([u for u in targets.users() if len(hint_split.liked_sequence(u)) >= 2])
+    else:
+        backbone, source = serving_backbone, split
+        builder = ExampleBuilder(split, training_time_scores(backbone, split), prompt_cfg, inst_cfg)
+        eligible = np.array([u for u in range(split.n_users) if len(split.liked_sequence(u)) >= 2])
+    all_users = np.arange(split.n_users)
+    train_users, valid_users = split_users_for_validation(eligible, profile.valid_share, profile.seed, profile.valid_users_min)
+    embeddings = backbone.user_vectors(train_users, [source.history(u, "valid") for u in train_users])
+    liked_counts = np.array([len(source.liked_sequence(u)) for u in all_users])
+    sample = sample_users(req.sampling, profile.n_draws, train_users, liked_counts, embeddings, seed=profile.seed)
+    console.print(sample.describe())
     train_rows = build_examples(builder, sample.draws, shift=req.position_shift, seed=profile.seed)
     # Validation candidates are shuffled too: unshifted, the listwise pool lists the relevant items
     # first, and a model trained without shifting would score perfectly by answering "A, B, C, D, E".
     valid_rows = build_examples(builder, valid_users, shift=True, seed=profile.seed + 1)
+    reliability = {
+        "instructions": hint_reliability(train_rows),
+        "validation": hint_reliability(valid_rows),
+        **serving_hint_reliability(split, serving_backbone, prompt_cfg, inst_cfg),
+    }
     from transformers import AutoTokenizer
 
     from training.base_model import ensure_base_model
@@ -137,12 +162,26 @@ def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Datas
             "valid": instruction_stats(valid_rows, tokenizer, prompt_cfg.token_block),
             "sampling": {"method": sample.method, "draws": len(sample.draws), "distinct_users": sample.distinct, "per_cluster": sample.cluster_counts()},
             "valid_users": len(valid_users),
+            "hints": req.hints,
+            "hint_reliability": reliability,
             "data_hash": data_hash,
             "prompt_config": asdict(prompt_cfg),
         }
         (staging / "stats.json").write_text(json.dumps(stats, indent=2))
     console.print(f"instruction set: {stats['train']['per_task']} train, {stats['valid']['per_task']} valid -> {folder}")
     return folder
+
+
+def serving_hint_reliability(split: Split, backbone, prompt_cfg: PromptConfig, inst_cfg: InstructionConfig) -> dict:
+    """The hint's reliability where serving needs it: the serving backbone's top list at the
+    validation and test stage, the held-out item as the target, examples built as in tuning."""
+    users = split.evaluated_users()
+    out = {}
+    for stage, name in (("valid", "validation_stage"), ("test", "test")):
+        scores = backbone.score(np.arange(split.n_users), [split.history(u, stage) for u in range(split.n_users)])
+        builder = ServingListExampleBuilder(split, stage, scores, held_out_targets(split, stage), prompt_cfg, inst_cfg)
+        out[name] = hint_reliability(build_examples(builder, users, shift=True, seed=inst_cfg.seed + 2))
+    return out
 
 
 def wait_for_file(path: Path, timeout_s: float = 3600) -> Path:
@@ -177,6 +216,8 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
     manifest_file = export_dir / "manifest.json"
     if manifest_file.is_file() and json.loads(manifest_file.read_text()).get("run_key") == key:
         console.print(f"[dim]export {export_dir} is up to date, reused[/dim]")
+        if rank == 0:
+            ensure_serving_validation(export_dir, paths, split, req.backbone, profile)
         return export_dir
     from training.base_model import ensure_base_model
 
@@ -203,12 +244,16 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
             "sampling": req.sampling,
             "enhancement": req.enhancement,
             "position_shift": req.position_shift,
+            "hints": req.hints,
+            "pointwise_hint": req.pointwise_hint,
+            "hint_reliability": stats.get("hint_reliability"),
             "profile": profile.model_dump(),
             "prompt_config": stats["prompt_config"],
             "data_hash": stats["data_hash"],
             "instruction_set": str(inst_dir),
             "instructions": {"train": stats["train"], "valid": stats["valid"]},
             "git_commit": git_commit(),
+            "machine": machine_description(),
             "tune_seconds": round(tune_seconds, 1),
             "train_log": _train_log_summary(run_dir),
             "validation": validation,
@@ -216,7 +261,32 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     console.print(f"export -> {export_dir} ({time.perf_counter() - started:.0f}s in all)")
     console.print_json(json.dumps(manifest["validation"]))
+    ensure_serving_validation(export_dir, paths, split, req.backbone, profile)
     return export_dir
+
+
+def ensure_serving_validation(export_dir: Path, paths: Paths, split: Split, backbone: str, profile: TuneProfile) -> dict:
+    """Adds `serving_validation` to the export's manifest when it is missing: validation users'
+    `backbone` top-10 reranked through vLLM (`training.evaluate.serving_validation`). The hybrid's
+    NDCG@3 there is what tuning variants are compared on."""
+    from training.evaluate import EvalRequest, serving_validation
+
+    manifest_file = export_dir / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    if "serving_validation" not in manifest:
+        console.print(f"serving-task validation: {backbone} top-10 of the validation users, reranked through vLLM")
+        manifest["serving_validation"] = serving_validation(paths, split, export_dir, backbone, EvalRequest(dataset=split.dataset.name, valid_users=profile.serving_validation_users))
+        tmp = manifest_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        tmp.replace(manifest_file)
+    result = manifest["serving_validation"]
+    gain = result["hybrid_vs_backbone"]
+    console.print(
+        f"serving validation ({result['users']} users, NDCG@3): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in result["NDCG@3"].items())
+        + f"; hybrid - backbone {gain['diff']:+.4f} [{gain['ci_low']:+.4f}, {gain['ci_high']:+.4f}]"
+    )
+    return result
 
 
 def _train_log_summary(run_dir: Path) -> dict:

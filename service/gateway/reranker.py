@@ -14,7 +14,7 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,9 @@ from service.gateway.schemas import RerankRequest, RerankResponse, RerankResult
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import InteractionStore, UnknownItems
 from service.ranking.engine import RankingEngine, seed_for
-from service.ranking.fusion import LearnedFusion, feature_matrix, fusion_model_path, hybrid_scores, rank_by
-from service.ranking.profile import build_profile, conventional_features
+from service.ranking.features import CandidateContext, non_llm_features
+from service.ranking.fusion import FusionFeatures, LearnedFusion, feature_matrix, fusion_model_path, hybrid_scores, rank_by
+from service.ranking.profile import build_profile
 from service.ranking.prompts import Candidate
 
 log = logging.getLogger("recranker.rerank")
@@ -36,15 +37,31 @@ log = logging.getLogger("recranker.rerank")
 FUSION_RESERVE_S = 0.005  # kept back from the LLM's share of the deadline for fusion and the reply
 
 
+def fusion_features(m: int, utilities: dict[str, np.ndarray], backbone: str, backbone_scores: list[float] | None, ctx: CandidateContext) -> FusionFeatures:
+    """The learned fusion's input as the gateway can build it: its own backbone's scores only."""
+    scores = None if backbone_scores is None else np.asarray(backbone_scores, dtype=float)
+    ctx = replace(ctx, backbone_scores={backbone: scores} if scores is not None else {backbone: np.full(m, np.nan)})
+    return feature_matrix(
+        m, pointwise=utilities.get("pointwise"), pairwise=utilities.get("pairwise"), listwise=utilities.get("listwise"),
+        backbone_scores=scores, extra=non_llm_features(ctx),
+    )
+
+
 def load_learned_fusions(model_dir: Path, backbone: str) -> dict[int, LearnedFusion]:
     """{m: model} of the fusions with LLM features that `make eval` saved in <model_dir>/fusion
-    (`fusion_model_path`)."""
+    (`fusion_model_path`). A model fitted on features the gateway cannot build (other backbones'
+    scores) is skipped with a warning: requests for it then degrade to the hybrid."""
     folder = model_dir / "fusion"
+    servable = fusion_features(1, {}, backbone, [0.0], CandidateContext([], [()], [0])).names
     out = {}
     for path in sorted(folder.glob(f"{backbone}-m*.lgb")):
         match = re.fullmatch(rf"{re.escape(backbone)}-m(\d+)-.*\.lgb", path.name)
         if match and path == fusion_model_path(folder, backbone, int(match.group(1))):
-            out[int(match.group(1))] = LearnedFusion.load(path)
+            model = LearnedFusion.load(path)
+            if model.feature_names_ != servable:
+                log.warning("learned fusion %s was fitted on features %s, the gateway builds %s; not loaded", path, model.feature_names_, servable)
+                continue
+            out[int(match.group(1))] = model
     return out
 
 
@@ -136,11 +153,8 @@ class RerankService:
         if req.fusion == "learned" and self.learned:
             model = self.learned[min(self.learned, key=lambda mm: (abs(mm - m), mm))]
             liked = [e.genres for e in history if e.rating >= self.store.liked_at_least]
-            extra = conventional_features(liked, [c.genres for c in catalog], [self.store.popularity.get(c.item_id, 0) for c in catalog])
-            features = feature_matrix(
-                m, pointwise=utilities.get("pointwise"), pairwise=utilities.get("pairwise"), listwise=utilities.get("listwise"),
-                backbone_scores=None if backbone_scores is None else np.asarray(backbone_scores, dtype=float), extra=extra,
-            )
+            ctx = CandidateContext(liked, [c.genres for c in catalog], [self.store.popularity.get(c.item_id, 0) for c in catalog])
+            features = fusion_features(m, utilities, s.backbone, backbone_scores, ctx)
             fused = model.predict(features)
         else:
             if req.fusion == "learned":

@@ -28,3 +28,28 @@ def cpu_has_fast_bf16() -> bool:
 def default_cpu_dtype() -> str:
     """The vLLM/torch dtype to run a model in on this CPU: bfloat16 where it is native, else float32."""
     return "bfloat16" if cpu_has_fast_bf16() else "float32"
+
+
+def machine_description() -> str:
+    """What a timing or a tuning run was measured on, e.g. "2-core AMD EPYC, avx512_bf16"."""
+    import os
+    import platform
+
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")), platform.processor() or "unknown CPU")
+    fast = sorted(f for f in cpu_flags() if f in BF16_FLAGS or f.startswith("amx"))
+    text = f"{os.cpu_count()}-core {model}, {', '.join(fast) or 'no bf16 instructions'}"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            text += f"; GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []

@@ -422,7 +422,7 @@ def prior_scores_of(features: FusionFeatures, weights: Mapping[str, float], scal
     return scores
 
 
-def _clearly_better(a: np.ndarray, b: np.ndarray, z: float, min_users: int = 10) -> bool:
+def clearly_better(a: np.ndarray, b: np.ndarray, z: float, min_users: int = 10) -> bool:
     """Per-user scores a beat b in a sign test: among the users whose scores differ (at least
     `min_users` of them), wins minus losses exceed z * sqrt(wins + losses). A sign test, not a t
     test, because two rankings that share a prior differ on a handful of users, and a mean over a
@@ -491,9 +491,9 @@ class LearnedFusion:
             self.guard_report_ = report
             z = self.config.guard_z
             base = "hybrid" if has_task_columns(groups[0].features) else "backbone"
-            if base == "hybrid" and _clearly_better(per_user["backbone"], per_user["hybrid"], z):
+            if base == "hybrid" and clearly_better(per_user["backbone"], per_user["hybrid"], z):
                 base = "backbone"
-            if not _clearly_better(per_user["learned"], per_user[base], z):
+            if not clearly_better(per_user["learned"], per_user[base], z):
                 self.fallback_ = base
         self.booster_ = self._train(groups)
         return self
@@ -547,6 +547,12 @@ class LearnedFusion:
         ranking is scored with NDCG@k, next to the hybrid's and the backbone's on the same users.
         """
         return self._cross_validate(groups, folds, k)[0]
+
+    def cross_validated_per_user(self, groups: Sequence[UserGroup], folds: int = 5, k: int = 10) -> tuple[CVReport, dict[str, np.ndarray]]:
+        """`cross_validated_ndcg` and each user's held-out NDCG@k per ranking ("learned",
+        "guarded", "hybrid", "backbone"; index = position in `groups`), to compare two fusions
+        fitted on the same users and folds."""
+        return self._cross_validate(groups, folds, k)
 
     def _cross_validate(self, groups: Sequence[UserGroup], folds: int, k: int) -> tuple[CVReport, dict[str, np.ndarray]]:
         """The report and each user's NDCG@k per ranking (index = position in `groups`)."""

@@ -6,10 +6,8 @@ user's profile and conventional features are the same offline and online.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-
-import numpy as np
 
 from service.ranking.prompts import RatedItem, UserProfile
 
@@ -40,23 +38,3 @@ def build_profile(history: Iterable[HistoryEvent], liked_at_least: float, dislik
         elif event.rating <= disliked_at_most:
             disliked.append(RatedItem(event.title, event.rating))
     return UserProfile(liked=liked, disliked=disliked, age=who.age, gender=who.gender, occupation=who.occupation)
-
-
-def genre_overlap(liked_genres: Iterable[Sequence[str]], candidate_genres: Sequence[Sequence[str]]) -> np.ndarray:
-    """Per candidate: how often its genres occur among the user's liked items, per liked item."""
-    counts: dict[str, int] = {}
-    n_liked = 0
-    for genres in liked_genres:
-        n_liked += 1
-        for g in genres:
-            counts[g] = counts.get(g, 0) + 1
-    total = max(1, n_liked)
-    return np.asarray([sum(counts.get(g, 0) for g in genres) / total for genres in candidate_genres], dtype=float)
-
-
-def conventional_features(liked_genres: Iterable[Sequence[str]], candidate_genres: Sequence[Sequence[str]], candidate_popularity: Sequence[float]) -> dict[str, np.ndarray]:
-    """The learned fusion's non-LLM features besides the backbone: popularity and genre overlap."""
-    return {
-        "log_popularity": np.log1p(np.asarray(candidate_popularity, dtype=float)),
-        "genre_overlap": genre_overlap(liked_genres, candidate_genres),
-    }

@@ -69,6 +69,9 @@ class PromptConfig:
     max_liked: int = 50
     max_disliked: int = 10
     with_hints: bool = True
+    # The pointwise rank hint alone can be turned off: a reproduction of RecRanker found the paper's
+    # pointwise hint leaked the answer, so it is a variant of its own.
+    with_pointwise_hint: bool = True
     with_features: bool = True
     listwise_top: int = 5
     # KV-block size the prompts' token ids are padded to (service/llm/prompt_tokens.py); part of
@@ -130,7 +133,7 @@ def _with_question(shared: list[dict[str, str]], question: str) -> list[dict[str
 
 def pointwise_prompt(user: UserProfile, candidate: Candidate, cfg: PromptConfig = PromptConfig(), shuffle_rng: random.Random | None = None, n_candidates: int | None = None) -> Prompt:
     shared = _shared_block(user, cfg, shuffle_rng)
-    hinted = cfg.with_hints and candidate.backbone_rank is not None
+    hinted = cfg.with_hints and cfg.with_pointwise_hint and candidate.backbone_rank is not None
     question = f"How would the user rate the {cfg.domain} below? Answer with one digit from 1 to {cfg.max_rating}."
     if hinted:
         question += " In brackets: its rank by a conventional recommender for this user."

@@ -346,12 +346,12 @@ def test_a_model_that_learns_nothing_ranks_like_the_hybrid():
 
 
 def test_the_guard_wants_a_sign_test_win_over_enough_users():
-    from service.ranking.fusion import _clearly_better
+    from service.ranking.fusion import clearly_better
 
     a, b = np.zeros(40), np.zeros(40)
     a[:6] = 1.0  # six wins, no loss: too few users differ to tell
-    assert not _clearly_better(a, b, z=2.0)
+    assert not clearly_better(a, b, z=2.0)
     a[:14] = 1.0  # fourteen wins: 14 > 2 * sqrt(14)
-    assert _clearly_better(a, b, z=2.0)
+    assert clearly_better(a, b, z=2.0)
     b[14:24] = 1.0  # and ten losses: 4 < 2 * sqrt(24)
-    assert not _clearly_better(a, b, z=2.0)
+    assert not clearly_better(a, b, z=2.0)

@@ -20,7 +20,7 @@ from service.gateway.settings import GatewaySettings
 from service.gateway.store import InteractionStore, UnknownItems, UnknownUser
 from service.loadtest.baseline import parse_rating, parse_yes_no
 from service.loadtest.load import Outcome, summarise
-from service.ranking.profile import HistoryEvent, build_profile, conventional_features
+from service.ranking.profile import HistoryEvent, build_profile
 from tests.conftest import synthetic_dataset
 
 
@@ -158,12 +158,6 @@ def test_profiles_split_liked_and_disliked_by_the_dataset_scale_in_time_order():
     assert [i.title for i in profile.liked] == ["A", "D"] and [i.title for i in profile.disliked] == ["C"]
 
 
-def test_conventional_features_count_genre_overlap_per_liked_item_and_log_popularity():
-    feats = conventional_features([("Drama",), ("Drama", "War")], [("Drama",), ("War", "Drama"), ("Comedy",)], [0, 9, 99])
-    assert feats["genre_overlap"].tolist() == [1.0, 1.5, 0.0]
-    assert np.allclose(feats["log_popularity"], np.log1p([0, 9, 99]))
-
-
 def test_baseline_parsers_read_free_text_like_the_reference_code():
     assert parse_rating("I think 4.", 5) == 4.0 and parse_rating("rating: 9", 5) is None and parse_rating("great!", 5) is None
     assert parse_yes_no("Yes, because") is True and parse_yes_no("no.") is False and parse_yes_no("maybe") is None
@@ -222,11 +216,16 @@ def test_the_llm_client_retries_once_when_a_pooled_connection_was_closed_under_i
 def test_the_gateway_loads_the_fusions_that_make_eval_saves_and_only_those_with_llm_features(tmp_path):
     import numpy as np
 
-    from service.gateway.reranker import load_learned_fusions
-    from service.ranking.fusion import LearnedFusion, LearnedFusionConfig, UserGroup, feature_matrix, fusion_model_path
+    from service.gateway.reranker import fusion_features, load_learned_fusions
+    from service.ranking.features import CandidateContext
+    from service.ranking.fusion import LearnedFusion, LearnedFusionConfig, UserGroup, fusion_model_path
 
     rng = np.random.default_rng(0)
-    groups = [UserGroup.with_relevant(feature_matrix(5, pointwise=rng.uniform(1, 5, 5)), int(rng.integers(5))) for _ in range(30)]
+    ctx = CandidateContext([("Drama",)], [("Drama",)] * 5, [1, 2, 3, 4, 5])
+    groups = [
+        UserGroup.with_relevant(fusion_features(5, {"pointwise": rng.uniform(1, 5, 5)}, "lightgcn", rng.normal(size=5).tolist(), ctx), int(rng.integers(5)))
+        for _ in range(30)
+    ]
     folder = tmp_path / "fusion"
     folder.mkdir()
     fusion = LearnedFusion(LearnedFusionConfig(n_estimators=3, guard=False)).fit(groups)

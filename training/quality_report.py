@@ -1,0 +1,144 @@
+"""reports/quality-<dataset>.{json,md,png}: the tuning variants' evaluations side by side.
+
+Each `make eval` replaces the rows of the variant it evaluated (named from the model's manifest) and
+keeps the others, so variants tuned in different runs, or on other machines, line up in one table.
+`default` is the variant `make tune` ships (the tuning request's defaults). A row is one variant x
+backbone x m x method on the test users, with its paired NDCG@3 difference to the backbone (and to
+`learned_no_llm`): bootstrap interval, paired t-test p-value, minimal detectable effect. Validation
+NDCG@3 (what chooses between variants) is kept per variant apart from the test rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+TARGET_GAIN = 0.10  # what we are after: +10% NDCG@3 over the backbone with the interval above 0
+
+
+def variant_of(manifest: dict) -> str:
+    if manifest.get("hints", "paper") == "paper":
+        return "paper_hints"
+    return "honest_hints" if manifest.get("pointwise_hint", True) else "honest_hints_no_pointwise_hint"
+
+
+def default_variant() -> str:
+    from training.pipeline import TuneRequest
+
+    req = TuneRequest()
+    return variant_of({"hints": req.hints, "pointwise_hint": req.pointwise_hint})
+
+
+def quality_rows(variant: str, backbone: str, report: dict) -> list[dict]:
+    paired = {(p["m"], p["method"], p["vs"]): p for p in report.get("paired", []) if p["metric"] == "NDCG@3"}
+    rows = []
+    for r in report["rows"]:
+        if r["subset"] != "all":
+            continue
+        m, method = r["m"], r["method"]
+        row = {"variant": variant, "backbone": backbone, "m": m, "method": method, "NDCG@3": r["NDCG@3"], "HR@3": r["HR@3"], "users": r["users"]}
+        for ref, suffix in (("backbone", ""), ("learned_no_llm", "_vs_learned_no_llm")):
+            p = paired.get((m, method, ref))
+            if ref == "backbone":
+                row.update({"diff_vs_backbone": p["diff"] if p else 0.0, "ci_low": p["ci_low"] if p else 0.0, "ci_high": p["ci_high"] if p else 0.0,
+                            "p_value": p["p_value"] if p else 1.0, "mde": p["mde"] if p else 0.0})
+            elif p:
+                row.update({f"diff{suffix}": p["diff"], f"ci_low{suffix}": p["ci_low"], f"ci_high{suffix}": p["ci_high"], f"p_value{suffix}": p["p_value"]})
+        rows.append(row)
+    return rows
+
+
+def _nan_to_none(x):
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def update_quality_report(folder: Path, dataset: str, manifest: dict, reports: dict[str, dict]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"quality-{dataset}.json"
+    quality = json.loads(path.read_text()) if path.is_file() else {"dataset": dataset, "rows": [], "variants": {}}
+    variant = variant_of(manifest)
+    quality["rows"] = [r for r in quality["rows"] if r["variant"] != variant]
+    for backbone, report in reports.items():
+        quality["rows"] += quality_rows(variant, backbone, report)
+    any_report = next(iter(reports.values()))
+    quality["variants"][variant] = {
+        "model_run_key": manifest.get("run_key"),
+        "tuned_on": manifest.get("machine", "unknown"),
+        "profile": manifest.get("profile", {}).get("name"),
+        "hint_reliability": manifest.get("hint_reliability"),
+        "validation_ndcg3": {b: {m: {k: v["NDCG@3"] for k, v in methods.items()} for m, methods in r["validation"].items()} for b, r in reports.items()},
+        "learned_uses_llm": {b: {k: cv.get("uses_llm_features") for k, cv in r["cv"].items() if k.startswith("learned_m")} for b, r in reports.items()},
+        "users": any_report["users"],
+    }
+    quality["default"] = default_variant()
+    quality["users"] = any_report["users"]
+    quality["hint_reliability"] = _reliability_table(quality["variants"].get(quality["default"], {}).get("hint_reliability"))
+    path.write_text(json.dumps(quality, indent=1, default=_nan_to_none))
+    md = folder / f"quality-{dataset}.md"
+    md.write_text(quality_markdown(quality))
+    png = folder / f"quality-{dataset}.png"
+    plot_quality(quality, png)
+    return [path, md, png]
+
+
+def _reliability_table(reliability: dict | None) -> dict | None:
+    if not reliability:
+        return None
+    return {k: {"pairwise_accuracy": v["pairwise_accuracy"], "listwise_hits_at_5": v["listwise_hits_at_5"]} for k, v in reliability.items()}
+
+
+def quality_markdown(q: dict) -> str:
+    lines = [f"# Reranking quality on {q['dataset']}: variants side by side", "",
+             f"Test users: {q['users']['test']}, validation users: {q['users']['valid']}. Default variant (`make tune`): `{q['default']}`.", ""]
+    lines += ["## Validation NDCG@3 (chooses the variant; test users choose nothing)", "", "| variant | tuned on | backbone | m | backbone | hybrid | pointwise | pairwise | listwise |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, v in sorted(q["variants"].items()):
+        for b, per_m in v["validation_ndcg3"].items():
+            for m, x in per_m.items():
+                lines.append(f"| {name} | {v['tuned_on']} ({v['profile']}) | {b} | {m[1:]} | {x['backbone']:.4f} | {x['hybrid']:.4f} | {x['pointwise']:.4f} | {x['pairwise']:.4f} | {x['listwise']:.4f} |")
+    lines += ["", "## Hint reliability (following the hint alone)", "", "| variant | set | pairwise accuracy | listwise hits@5 |", "|---|---|---:|---:|"]
+    for name, v in sorted(q["variants"].items()):
+        for where, x in (v.get("hint_reliability") or {}).items():
+            lines.append(f"| {name} | {where} | {x['pairwise_accuracy']:.3f} | {x['listwise_hits_at_5']:.3f} |")
+    lines += ["", "## Test users: NDCG@3, paired difference to the backbone and to learned_no_llm", "",
+              "| variant | backbone | m | method | NDCG@3 | HR@3 | vs backbone [95% CI] | p | vs learned_no_llm [95% CI] | p |", "|---|---|---:|---|---:|---:|---|---:|---|---:|"]
+    for r in sorted(q["rows"], key=lambda r: (r["variant"], r["backbone"], r["m"])):
+        vs_nl = (f"{r['diff_vs_learned_no_llm']:+.4f} [{r['ci_low_vs_learned_no_llm']:+.4f}, {r['ci_high_vs_learned_no_llm']:+.4f}] | {r['p_value_vs_learned_no_llm']:.3f}"
+                 if "diff_vs_learned_no_llm" in r else "- | -")
+        lines.append(f"| {r['variant']} | {r['backbone']} | {r['m']} | {r['method']} | {r['NDCG@3']:.4f} | {r['HR@3']:.4f} | "
+                     f"{r['diff_vs_backbone']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['p_value']:.3f} | {vs_nl} |")
+    lines += ["", f"Target beyond the current issue: hybrid or learned NDCG@3 at least {TARGET_GAIN:.0%} above the backbone with the interval's lower end above 0.", ""]
+    for r in q["rows"]:
+        if r["variant"] == q["default"] and r["method"] in ("hybrid", "learned"):
+            base = next(x["NDCG@3"] for x in q["rows"] if x["variant"] == r["variant"] and x["backbone"] == r["backbone"] and x["m"] == r["m"] and x["method"] == "backbone")
+            gap = (1 + TARGET_GAIN) * base - r["NDCG@3"]
+            lines.append(f"- {r['backbone']} m={r['m']} {r['method']}: {r['NDCG@3']:.4f} vs target {(1 + TARGET_GAIN) * base:.4f} ({'met' if gap <= 0 and r['ci_low'] > 0 else f'{gap:+.4f} short'}); MDE at 80% power {r['mde']:.4f}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_quality(q: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["backbone"], r["m"]) for r in q["rows"]})
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(7 * max(1, len(panels)), 4.5), squeeze=False)
+    variants = sorted({r["variant"] for r in q["rows"]})
+    for ax, (backbone, m) in zip(axes[0], panels):
+        methods = [r["method"] for r in q["rows"] if r["backbone"] == backbone and r["m"] == m and r["variant"] == variants[0] and r["method"] != "backbone"]
+        width = 0.8 / max(1, len(variants))
+        for j, v in enumerate(variants):
+            rows = {r["method"]: r for r in q["rows"] if r["backbone"] == backbone and r["m"] == m and r["variant"] == v}
+            xs = [i + (j - (len(variants) - 1) / 2) * width for i in range(len(methods))]
+            d = [rows[k]["diff_vs_backbone"] if k in rows else 0 for k in methods]
+            err = [[rows[k]["diff_vs_backbone"] - rows[k]["ci_low"] if k in rows else 0 for k in methods], [rows[k]["ci_high"] - rows[k]["diff_vs_backbone"] if k in rows else 0 for k in methods]]
+            ax.bar(xs, d, width, yerr=err, capsize=3, label=v)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        ax.set_ylabel("NDCG@3 - backbone (95% CI)")
+        ax.set_title(f"{backbone}, m={m}, {q['users']['test']} test users")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
