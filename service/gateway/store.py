@@ -52,7 +52,7 @@ class InteractionStore:
     liked_at_least: float
     disliked_at_most: float
     events_log: Path | None = None
-    popularity: dict[str, int] = field(default_factory=dict)
+    popularity: dict[str, int] = field(default_factory=dict)  # likes per item
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _applied: set[str] = field(default_factory=set, repr=False)  # event ids, so a replayed event counts once
 
@@ -68,8 +68,9 @@ class InteractionStore:
         for row in order.tolist():
             uid = dataset.users[int(r.user[row])].user_id
             histories[uid].append(Interaction(item_ids[int(r.item[row])], float(r.rating[row]), int(r.timestamp[row])))
-        counts = np.bincount(r.item, minlength=len(item_ids))
         scale = dataset.scale
+        # Likes, as the learned fusion's `log_popularity` was fitted on (training-period likes).
+        counts = np.bincount(r.item[r.rating >= scale.liked_at_least], minlength=len(item_ids))
         store = cls(
             items=items, users=users, histories=histories,
             min_rating=scale.min_rating, max_rating=scale.max_rating,
@@ -131,5 +132,6 @@ class InteractionStore:
             history = self.histories.setdefault(user_id, [])
             history.append(event)
             history.sort(key=lambda e: e.timestamp)  # stable: ties keep arrival order
-            self.popularity[event.item_id] = self.popularity.get(event.item_id, 0) + 1
+            if event.rating >= self.liked_at_least:
+                self.popularity[event.item_id] = self.popularity.get(event.item_id, 0) + 1
         return True

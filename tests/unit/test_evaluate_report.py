@@ -42,3 +42,70 @@ def test_bootstrap_interval_brackets_the_observed_difference():
     out = {(b["method"], b["metric"]): b for b in bootstrap_differences({"backbone": base, "x": better}, 10, 500, 0)}
     ndcg3 = out[("x", "NDCG@3")]
     assert ndcg3["low"] <= ndcg3["diff"] <= ndcg3["high"] and ndcg3["diff"] > 0
+
+
+def fusion_records(split, rng, llm_signal: float, n: int = 240, m: int = 10):
+    """Validation records whose pointwise utility points at the target with strength `llm_signal`
+    (0: pure noise); the backbone order knows nothing."""
+    out = []
+    for u in range(n):
+        items = [int(i) for i in rng.choice(split.n_items, size=m, replace=False)]
+        target = items[int(rng.integers(0, m))]
+        point = rng.normal(0, 1, m) + llm_signal * np.array([i == target for i in items])
+        out.append(Record(user=u, stage="valid", m=m, items=items, target=target, utilities={"pointwise": point.tolist(), "pairwise": rng.normal(0, 1, m).tolist(), "listwise": rng.normal(0, 1, m).tolist()},
+                          invalid={}, dropped={}, seconds=0.0, backbone_scores=rng.normal(0, 1, m).tolist()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fusion_split():
+    from tests.conftest import synthetic_dataset
+    from training.data.split import leave_one_out
+
+    return leave_one_out(synthetic_dataset(n_users=240, n_items=40))
+
+
+def stage_scores_for(split, seed=0):
+    rng = np.random.default_rng(seed)
+    return {name: rng.normal(0, 1, (split.n_users, split.n_items)) for name in ("mf", "lightgcn")}
+
+
+def test_learned_keeps_the_llm_features_only_when_cross_validation_shows_they_help(fusion_split):
+    from training.evaluate import fit_fusions
+
+    rng = np.random.default_rng(0)
+    popularity = np.ones(fusion_split.n_items)
+    scores = stage_scores_for(fusion_split)
+    _, helps = fit_fusions(fusion_split, fusion_records(fusion_split, rng, llm_signal=3.0), popularity, scores, seed=0)
+    assert helps["learned"]["uses_llm_features"] is True
+    _, noise = fit_fusions(fusion_split, fusion_records(fusion_split, rng, llm_signal=0.0), popularity, scores, seed=0)
+    assert noise["learned"]["uses_llm_features"] is False
+
+
+def test_eval_builds_the_gateways_features_when_it_has_only_the_serving_backbone(fusion_split):
+    from service.gateway.reranker import fusion_features
+    from service.ranking.features import CandidateContext
+    from training.evaluate import features_of
+
+    rec = fusion_records(fusion_split, np.random.default_rng(1), 1.0, n=1)[0]
+    popularity = np.arange(fusion_split.n_items, dtype=float)
+    scores = {"lightgcn": np.random.default_rng(2).normal(0, 1, (fusion_split.n_users, fusion_split.n_items))}
+    rec.backbone_scores = list(scores["lightgcn"][rec.user, rec.items])  # as run_engine records them
+    ds = fusion_split.dataset
+    ours = features_of(fusion_split, rec, popularity, scores, with_llm=True)
+    ctx = CandidateContext([ds.items[i].genres for i in fusion_split.history(rec.user, "valid")], [ds.items[i].genres for i in rec.items], popularity[rec.items])
+    util = {t: np.asarray(v) for t, v in rec.utilities.items()}
+    gateway = fusion_features(rec.m, util, "lightgcn", list(scores["lightgcn"][rec.user, rec.items]), ctx)
+    assert ours.names == gateway.names
+    np.testing.assert_allclose(np.nan_to_num(ours.values, nan=-9), np.nan_to_num(gateway.values, nan=-9))
+
+
+def test_orders_without_other_backbones_leave_out_the_rank_mean():
+    from training.evaluate import method_orders
+
+    rec = record([10, 11, 12], target=12)
+    rec.utilities = {"pointwise": [0.0, 1.0, 2.0]}
+    orders = method_orders(rec, {})
+    assert orders["backbone"] == [0, 1, 2] and orders["pointwise"] == [2, 1, 0]
+    assert "rank_mean_no_llm" not in orders
+    assert orders["pairwise"] == [0, 1, 2]  # a task that did not run keeps the backbone's order

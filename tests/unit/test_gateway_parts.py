@@ -234,3 +234,17 @@ def test_the_gateway_loads_the_fusions_that_make_eval_saves_and_only_those_with_
     loaded = load_learned_fusions(tmp_path, "lightgcn")
     assert sorted(loaded) == [10, 20]
     assert loaded[10].feature_names_ == fusion.feature_names_
+
+
+def test_popularity_counts_likes_as_the_fusion_was_fitted_on_and_events_add_only_likes():
+    dataset = synthetic_dataset(n_users=6, n_items=10, per_user=3)
+    store = InteractionStore.from_dataset(dataset)
+    r = dataset.ratings
+    likes = np.bincount(r.item[r.rating >= dataset.scale.liked_at_least], minlength=dataset.n_items)
+    assert [store.popularity.get(it.item_id, 0) for it in dataset.items] == likes.tolist()
+    item = dataset.items[0].item_id
+    before = store.popularity.get(item, 0)
+    store.append(dataset.users[0].user_id, item, 1.0, 10**9)
+    assert store.popularity.get(item, 0) == before
+    store.append(dataset.users[0].user_id, item, 5.0, 10**9 + 1)
+    assert store.popularity[item] == before + 1
