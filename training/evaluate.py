@@ -57,7 +57,7 @@ from training.metrics import KS, hit_gains, hr_from_ranks, metrics_from_ranks, n
 from training.paired_stats import paired_comparison
 from training.paths import Paths
 from training.pipeline import train_backbone
-from training.quality_report import update_quality_report
+from training.quality_report import default_variant, update_quality_report, variant_of
 
 console = Console(soft_wrap=True)
 TASK_METHODS = ("pointwise", "pairwise", "listwise")
@@ -83,6 +83,7 @@ class EvalRequest:
     concurrent_users: int = 4
     dtype: str | None = None  # default: bfloat16 where the CPU has bf16 instructions, else float32
     bootstrap: int = 1000
+    reports_dir: Path = Path("reports")
 
 
 @dataclass
@@ -493,6 +494,7 @@ def serving_validation(paths: Paths, split: Split, model_dir: Path, backbone: st
 def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
     dataset = load_dataset(req.dataset, cache_dir=paths.cache)
     split = leave_one_out(dataset)
+    req.reports_dir.mkdir(parents=True, exist_ok=True)
     model_dir = req.model_dir or (paths.artifacts / dataset.name / "model")
     manifest = json.loads((model_dir / "manifest.json").read_text())
     prompt_cfg = PromptConfig(**manifest["prompt_config"])
@@ -504,7 +506,8 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
         for backbone in req.backbones:
             report = evaluate_backbone(req, paths, split, backbone, new_client, prompt_cfg, manifest["run_key"], model_dir)
             report["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(req).items()} | {"backbone": backbone, "model_run_key": manifest["run_key"]}
-            base = Path("reports") / f"eval-{dataset.name}-{backbone}"
+            variant = variant_of(manifest)
+            base = req.reports_dir / (f"eval-{dataset.name}-{backbone}" if variant == default_variant() else f"eval-{dataset.name}-{variant}-{backbone}")
             base.parent.mkdir(exist_ok=True)
             base.with_suffix(".json").write_text(json.dumps(report, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
             base.with_suffix(".md").write_text(markdown(report, backbone, dataset.name))
@@ -512,7 +515,7 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
             console.print(base.with_suffix(".md").read_text())
             out.append(base.with_suffix(".json"))
             reports[backbone] = report
-    out += update_quality_report(Path("reports"), dataset.name, manifest, reports)
+    out += update_quality_report(req.reports_dir, dataset.name, manifest, reports)
     return out
 
 

@@ -27,6 +27,35 @@ def test_export_is_a_complete_model_folder_with_a_manifest(tiny_export):
     for metric in ("answer_loss", "pointwise_mae", "pairwise_accuracy", "listwise_hits_at_5"):
         assert set(manifest["validation"][metric]) == {"base", "tuned"}
     assert set(manifest["validation"]["reference"]) == {"pointwise_mae_of_median", "pairwise_accuracy_of_hint", "listwise_hits_at_5_of_hint"}
+    assert manifest["hints"] == "honest" and manifest["machine"]
+    for where in ("instructions", "validation", "validation_stage", "test"):
+        assert 0 <= manifest["hint_reliability"][where]["pairwise_accuracy"] <= 1
+
+
+def test_the_manifest_reports_the_serving_task_on_validation_users(tiny_export):
+    serving = json.loads((tiny_export / "manifest.json").read_text())["serving_validation"]
+    assert serving["users"] == 16 and serving["m"] == 10
+    assert set(serving["NDCG@3"]) == {"backbone", "pointwise", "pairwise", "listwise", "hybrid"}
+    gain = serving["hybrid_vs_backbone"]
+    assert abs(gain["diff"] - (serving["NDCG@3"]["hybrid"] - serving["NDCG@3"]["backbone"])) < 1e-9
+    assert gain["ci_low"] <= gain["diff"] <= gain["ci_high"]
+
+
+def test_eval_reports_every_method_paired_with_the_backbone_and_updates_the_quality_table(tiny_export, tiny_artifacts, tmp_path):
+    from training.evaluate import EvalRequest, run_eval
+
+    req = EvalRequest(backbones=("pop",), feature_backbones=("pop",), test_users=24, valid_users=24, model_dir=tiny_export, reports_dir=tmp_path, dtype="float32", bootstrap=200)
+    run_eval(req, Paths(cache=CACHE, artifacts=tiny_artifacts))
+    report = json.loads((tmp_path / "eval-ml-100k-pop.json").read_text())
+    assert report["users"] == {"test": 24, "valid": 24}
+    methods = {r["method"] for r in report["rows"]}
+    assert {"backbone", "hybrid", "learned", "learned_no_llm", "rank_mean_no_llm"} <= methods
+    paired = {(p["method"], p["vs"]) for p in report["paired"] if p["metric"] == "NDCG@3"}
+    assert ("learned", "learned_no_llm") in paired and ("hybrid", "backbone") in paired
+    quality = json.loads((tmp_path / "quality-ml-100k.json").read_text())
+    assert quality["default"] == "honest_hints" and quality["users"] == {"test": 24, "valid": 24}
+    assert {r["variant"] for r in quality["rows"]} == {"honest_hints"}
+    assert (tiny_export / "fusion").is_dir()
 
 
 def test_second_run_reuses_the_export(tiny_export, tiny_artifacts):
