@@ -5,6 +5,11 @@ given), cached task scores, the LLM tasks (whatever is left of the deadline), fu
 dependency fault degrades the answer instead of failing it: Redis down -> the backing store,
 an LLM task late, failing or answering garbage -> dropped from the fusion, no task left ->
 the backbone order. `degraded_reasons` says which of these happened.
+
+A task's answers are judged as a whole: one whose invalid answers (off format or non-finite, one per
+prompt) exceed `max_invalid_answer_share` of its prompts is dropped (`llm_invalid_answers`); up to
+that share they are repaired and counted in `repaired_answers`. Only a task answered in full, with
+no invalid answer, is cached, so a fault is never served again from the cache.
 """
 
 from __future__ import annotations
@@ -63,6 +68,19 @@ def load_learned_fusions(model_dir: Path, backbone: str) -> dict[int, LearnedFus
                 continue
             out[int(match.group(1))] = model
     return out
+
+
+def servable_cached_utility(value: object, m: int) -> np.ndarray | None:
+    """A cached task's utilities, or None for an entry not to serve: one with repaired answers
+    (an earlier release cached partly repaired tasks), non-finite values or the wrong length."""
+    try:
+        utility = np.asarray(value["utility"], dtype=float)
+        repaired = int(value.get("repaired", 0))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if repaired or utility.shape != (m,) or not np.isfinite(utility).all():
+        return None
+    return utility
 
 
 @dataclass
@@ -203,10 +221,11 @@ class RerankService:
             self._stage(trace, "result_cache", time.perf_counter() - t)
             missing = []
             for task, read in zip(tasks, reads):
-                self.metrics.cache_requests.labels("result", read.result).inc()
-                if read.value is not None:
-                    utilities[task] = np.asarray(read.value["utility"], dtype=float)
-                    repaired[task] = int(read.value.get("repaired", 0))
+                cached = None if read.value is None else servable_cached_utility(read.value, len(item_ids))
+                self.metrics.cache_requests.labels("result", "miss" if read.result == "hit" and cached is None else read.result).inc()
+                if cached is not None:
+                    utilities[task] = cached
+                    repaired[task] = 0
                 else:
                     missing.append(task)
             trace.cache["result"] = "hit" if not missing else ("miss" if len(missing) == len(tasks) else "partial")
@@ -235,15 +254,16 @@ class RerankService:
                 trace.degrade("llm_deadline" if kind == "deadline" else "llm_unavailable")
                 log.warning("llm task dropped", extra={"task": task, "error": out.error[:200]})
                 continue
+            repaired[task] = out.invalid_answers
             if out.invalid_answers:
                 self.metrics.llm_repaired.labels(task).inc(out.invalid_answers)
-            if out.prompts and out.invalid_answers >= out.prompts:
+            if out.utility is None or out.invalid_share > self.settings.max_invalid_answer_share or not np.isfinite(out.utility).all():
                 self.metrics.llm_errors.labels(task, "invalid").inc()
                 trace.degrade("llm_invalid_answers")
+                log.warning("llm task dropped", extra={"task": task, "error": f"{out.invalid_answers} of {out.prompts} answers invalid"})
                 continue
             utilities[task] = out.utility
-            repaired[task] = out.invalid_answers
-            if req.use_cache:
-                writes.append(self.scores.put(keys[task], {"utility": [float(x) for x in out.utility], "repaired": out.invalid_answers}))
+            if req.use_cache and out.invalid_answers == 0:  # a partly repaired task is served, never cached
+                writes.append(self.scores.put(keys[task], {"utility": [float(x) for x in out.utility], "repaired": 0}))
         await asyncio.gather(*writes)
         return utilities, repaired

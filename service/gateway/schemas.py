@@ -40,7 +40,10 @@ class RerankResponse(BaseModel):
     tasks_used: list[str]
     degraded: bool
     degraded_reasons: list[str] = Field(default_factory=list)
-    repaired_answers: dict[str, int] = Field(default_factory=dict)
+    repaired_answers: dict[str, int] = Field(
+        default_factory=dict,
+        description="per task answered by the LLM: prompts whose answer was off format or non-finite (repaired; above the allowed share the task is dropped)",
+    )
     cache: dict[str, str] = Field(default_factory=dict)
     timings_ms: dict[str, float]
 

@@ -36,6 +36,10 @@ class GatewaySettings(BaseSettings):
     llm_model: str = "recranker"
     llm_timeout_s: float = 30.0
     llm_max_concurrency: int = 256
+    # A task whose invalid answers (off format, or a non-finite logprob; counted per prompt) exceed
+    # this share of its prompts is dropped from the fusion (`llm_invalid_answers`); up to it, the
+    # invalid answers are repaired (backbone order) and counted, and the task's scores not cached.
+    max_invalid_answer_share: float = Field(default=0.2, ge=0.0, le=1.0)
 
     # Redis: the read-through cache of histories and of per-user task scores.
     redis_url: str = "redis://127.0.0.1:6379/0"

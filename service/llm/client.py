@@ -8,12 +8,16 @@ request instead (rendered here, no special tokens added by the server: the same 
 saves the per-request cost of many small requests. With a `PromptEncoder` as well, the prompts go
 as token ids laid out on KV-block boundaries (see `service.llm.prompt_tokens`). Concurrency is
 capped by a semaphore so one large request cannot flood the engine's queue.
+
+A reply that cannot be matched to the prompts asked (not JSON, no choices, too few or too many, or
+repeated indices) is an `LLMError`. Log-probabilities are passed on as the server sent them, NaN and
+infinities included: judging an answer is the scoring's job (`service.ranking.scoring`), which counts
+such an answer as invalid instead of reading a distribution from what is left of it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,14 +84,20 @@ class VLLMClient:
             raise LLMError(f"HTTP {resp.status_code}: {resp.text[:200]}")
         try:
             choices = resp.json()["choices"]
-            if not choices:
+            if not choices or not all(isinstance(c, dict) for c in choices):
                 raise KeyError("choices")
-            return sorted(choices, key=lambda c: c.get("index", 0))
-        except (ValueError, KeyError, TypeError) as exc:
+            ordered = sorted(choices, key=lambda c: c.get("index", 0))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise LLMError(f"malformed reply: {resp.text[:200]}") from exc
+        if any("index" in c for c in ordered) and [c.get("index") for c in ordered] != list(range(len(ordered))):
+            raise LLMError(f"reply choices have indices {[c.get('index') for c in ordered][:20]}, not 0..{len(ordered) - 1}")
+        return ordered
 
     async def _chat(self, payload: dict) -> dict:
-        return (await self._post("/v1/chat/completions", payload))[0]
+        choices = await self._post("/v1/chat/completions", payload)
+        if len(choices) != 1:
+            raise LLMError(f"{len(choices)} answers for 1 prompt")
+        return choices[0]
 
     def _completion_prompts(self, messages_list: list[list[dict[str, str]]]) -> list[str] | list[list[int]]:
         """Prompts for `/v1/completions`, as the model was tuned on them: its chat template, then its
@@ -108,11 +118,8 @@ class VLLMClient:
         if len(choices) != len(prompts):
             raise LLMError(f"{len(choices)} answers for {len(prompts)} prompts")
         try:
-            return [
-                {t: float(lp) for t, lp in c["logprobs"]["top_logprobs"][0].items() if lp is not None and not math.isnan(lp)}
-                for c in choices
-            ]
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            return [{t: float(lp) for t, lp in c["logprobs"]["top_logprobs"][0].items() if lp is not None} for c in choices]
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise LLMError("reply has no logprobs") from exc
 
     async def next_token_logprobs(self, messages: list[dict[str, str]]) -> dict[str, float]:
@@ -122,14 +129,16 @@ class VLLMClient:
         )
         try:
             first = choice["logprobs"]["content"][0]
-            return {t["token"]: float(t["logprob"]) for t in first["top_logprobs"] if t["logprob"] is not None and not math.isnan(t["logprob"])}
-        except (KeyError, IndexError, TypeError) as exc:
+            return {t["token"]: float(t["logprob"]) for t in first["top_logprobs"] if t["logprob"] is not None}
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise LLMError("reply has no logprobs") from exc
 
     async def generate(self, messages: list[dict[str, str]], max_tokens: int = 16, **extra) -> str:
         if self.template is not None:  # the prompt as the model was tuned on it, as for the logprobs
-            choice = (await self._post("/v1/completions", {"prompt": self._completion_prompts([messages])[0], "max_tokens": max_tokens, "add_special_tokens": False, **extra}))[0]
-            content = choice.get("text")
+            choices = await self._post("/v1/completions", {"prompt": self._completion_prompts([messages])[0], "max_tokens": max_tokens, "add_special_tokens": False, **extra})
+            if len(choices) != 1:
+                raise LLMError(f"{len(choices)} answers for 1 prompt")
+            content = choices[0].get("text")
         else:
             choice = await self._chat({"messages": messages, "max_tokens": max_tokens, **extra})
             content = (choice.get("message") or {}).get("content")

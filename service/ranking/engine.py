@@ -4,7 +4,10 @@ All prompts of a request go out at once (asyncio.gather) and share the user's pr
 serving engine's prefix cache computes it once. Every task has to finish within the request's
 deadline; a task that misses it, or whose LLM call fails, is dropped from the fusion and reported.
 Individual malformed answers are repaired (missing items keep backbone order) and counted, never
-silently neutral. The engine knows the LLM only through the small `LLM` protocol below.
+silently neutral: `TaskOutcome.invalid_answers` counts the prompts whose answer was off the answer
+format or carried a non-finite log-probability, one per prompt in every task, so a caller can judge a
+task's answers as a whole (`invalid_share`); the gateway drops a task above its allowed share. The
+engine knows the LLM only through the small `LLM` protocol below.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from service.ranking.fusion import (
     rank_by,
 )
 from service.ranking.prompts import Candidate, Prompt, PromptConfig, UserProfile, listwise_prompt, pairwise_prompt, pointwise_prompt
-from service.ranking.scoring import expected_rating, letter_probabilities, parse_listwise, yes_probability
+from service.ranking.scoring import TaskScore, expected_rating, finite_logprobs, letter_probabilities, parse_listwise, yes_probability
 
 
 class LLM(Protocol):
@@ -60,10 +63,20 @@ class TaskOutcome:
     task: str
     utility: np.ndarray | None = None  # None when the task was dropped
     prompts: int = 0
-    invalid_answers: int = 0  # answers that needed repair
+    invalid_answers: int = 0  # prompts whose answer was off format or non-finite, and was repaired
     seconds: float = 0.0
     error: str | None = None  # why the task was dropped: "deadline" or the LLM error
     detail: dict = field(default_factory=dict)
+
+    @property
+    def invalid_share(self) -> float:
+        """The share of this task's prompts whose answer was invalid (0 for a task with none)."""
+        return self.invalid_answers / self.prompts if self.prompts else 0.0
+
+
+def _usable(score: TaskScore) -> float | None:
+    """A prompt's score, or None when its answer is invalid (off format or not finite)."""
+    return score.value if score.valid and math.isfinite(score.value) else None
 
 
 @dataclass
@@ -119,18 +132,19 @@ class RankingEngine:
         """One task's prompts at once: as one batched call where the LLM offers it."""
         many = getattr(self.llm, "next_token_logprobs_many", None)
         if many is not None:
-            return list(await many([p.messages for p in prompts]))
-        return list(await asyncio.gather(*(self.llm.next_token_logprobs(p.messages) for p in prompts)))
+            answers = list(await many([p.messages for p in prompts]))
+        else:
+            answers = list(await asyncio.gather(*(self.llm.next_token_logprobs(p.messages) for p in prompts)))
+        if len(answers) != len(prompts):  # answers cannot be matched to prompts: the task fails
+            raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts")
+        return answers
 
     async def _pointwise(self, user: UserProfile, cands: Sequence[Candidate], out: TaskOutcome) -> None:
         prompts = task_prompts(POINTWISE, user, cands, self.config.prompt)
         out.prompts = len(prompts)
         answers = await self._logprobs_of(prompts)
-        ratings = []
-        for lp in answers:
-            score = expected_rating(lp, self.config.prompt.max_rating)
-            ratings.append(score.value if score.valid else None)
-        util = pointwise_utility(ratings)
+        ratings = [_usable(expected_rating(lp, self.config.prompt.max_rating)) for lp in answers]
+        util = pointwise_utility(ratings)  # one repair per invalid prompt: n_repaired counts prompts
         out.utility, out.invalid_answers = util.values, util.n_repaired
         out.detail = {"expected_rating": [None if r is None else round(r, 4) for r in ratings]}
 
@@ -139,26 +153,26 @@ class RankingEngine:
         prompts = task_prompts(PAIRWISE, user, cands, self.config.prompt, seed)
         out.prompts = len(prompts)
         answers = await self._logprobs_of(prompts)
-        probs = {}
-        for (i, j), lp in zip(asks, answers):
-            score = yes_probability(lp)
-            probs[(i, j)] = score.value if score.valid else None
+        probs = {(i, j): _usable(yes_probability(lp)) for (i, j), lp in zip(asks, answers, strict=True)}
         results = [(a, b, probs[(a, b)], probs[(b, a)]) for a, b in pairs]
         util = pairwise_utility(len(cands), results, soft=self.config.soft_pairwise)
-        out.utility, out.invalid_answers = util.values, util.n_invalid
-        out.detail = {"pairs": [[a, b, pa, pb] for a, b, pa, pb in results], "disagreements": util.n_disagree}
+        # counted per prompt (each order of a pair is one), not per pair as util.n_invalid does
+        out.utility, out.invalid_answers = util.values, sum(p is None for p in probs.values())
+        out.detail = {"pairs": [[a, b, pa, pb] for a, b, pa, pb in results], "disagreements": util.n_disagree, "invalid_pairs": util.n_invalid}
 
     async def _listwise(self, user: UserProfile, cands: Sequence[Candidate], out: TaskOutcome) -> None:
         [prompt] = task_prompts(LISTWISE, user, cands, self.config.prompt)
         out.prompts = 1
         if self.config.listwise_mode == "logprobs":
-            probs = letter_probabilities((await self._logprobs_of([prompt]))[0], len(cands))
+            [answer] = await self._logprobs_of([prompt])
+            probs = letter_probabilities(answer, len(cands)) if finite_logprobs(answer) else {}
             mass = sum(probs.values())
-            utility = np.zeros(len(cands))
-            for pos, p in probs.items():
+            valid = 0 < mass < math.inf
+            utility = np.zeros(len(cands))  # an invalid answer: 0 for all, the backbone order
+            for pos, p in probs.items() if valid else ():
                 utility[prompt.candidate_order[pos]] = p / mass
-            out.utility, out.invalid_answers = utility, int(mass <= 0)
-            out.detail = {"letter_mass": round(mass, 4)}
+            out.utility, out.invalid_answers = utility, int(not valid)
+            out.detail = {"letter_mass": round(mass, 4) if math.isfinite(mass) else None}
             return
         text = await self.llm.generate(prompt.messages, max_tokens=self.config.listwise_max_tokens)
         top = min(self.config.prompt.listwise_top, len(cands))

@@ -5,7 +5,8 @@ Input is what vLLM's `/v1/completions` returns with `logprobs=N` for the first g
 compared after stripping whitespace, so " 4" and "4" count as the same answer.
 
 A missing answer is never silently neutral: each function returns `valid=False` and the caller
-repairs (keeps the backbone order) and counts it.
+repairs (keeps the backbone order) and counts it. A reply with a NaN or +inf log-probability is no
+probability distribution, so no answer is read from it (`finite_logprobs`); -inf is probability 0.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ class TaskScore:
     mass: float  # probability the model put on well-formed answers; low means it went off format
 
 
+def finite_logprobs(top_logprobs: Mapping[str, float]) -> bool:
+    """False when any log-probability of the reply is NaN or +inf; -inf
+    (probability 0) and None (no value, skipped) are possible values of a well-formed reply."""
+    return all(lp is None or lp < math.inf for lp in top_logprobs.values())  # NaN < inf is False
+
+
 def _collect(top_logprobs: Mapping[str, float], answers: Mapping[str, float | int]) -> dict[str, float]:
     probs: dict[str, float] = {}
     for token, logprob in top_logprobs.items():
@@ -36,6 +43,8 @@ def _collect(top_logprobs: Mapping[str, float], answers: Mapping[str, float | in
 
 def expected_rating(top_logprobs: Mapping[str, float], max_rating: int = 5) -> TaskScore:
     """E[rating] under the model's distribution over the digits 1..max_rating (renormalised)."""
+    if not finite_logprobs(top_logprobs):
+        return TaskScore(value=float("nan"), valid=False, mass=0.0)
     digits = {str(d): d for d in range(1, max_rating + 1)}
     probs = _collect(top_logprobs, digits)
     mass = sum(probs.values())
@@ -46,6 +55,8 @@ def expected_rating(top_logprobs: Mapping[str, float], max_rating: int = 5) -> T
 
 def yes_probability(top_logprobs: Mapping[str, float]) -> TaskScore:
     """P(Yes) / (P(Yes) + P(No)): the preference for A over B."""
+    if not finite_logprobs(top_logprobs):
+        return TaskScore(value=0.5, valid=False, mass=0.0)
     probs = _collect(top_logprobs, {"Yes": 1, "No": 0, "yes": 1, "no": 0})
     yes = probs.get("Yes", 0.0) + probs.get("yes", 0.0)
     no = probs.get("No", 0.0) + probs.get("no", 0.0)

@@ -248,3 +248,41 @@ def test_popularity_counts_likes_as_the_fusion_was_fitted_on_and_events_add_only
     assert store.popularity.get(item, 0) == before
     store.append(dataset.users[0].user_id, item, 5.0, 10**9 + 1)
     assert store.popularity[item] == before + 1
+
+
+def test_the_llm_client_rejects_replies_it_cannot_match_to_the_prompts_and_passes_logprobs_on_as_sent():
+    import math
+
+    import httpx
+
+    from service.llm.chat_template import ChatTemplate
+    from service.llm.client import LLMError, LLMSettings, VLLMClient
+
+    def choice(index, top):
+        return {"index": index, "text": "4", "logprobs": {"top_logprobs": [top]}, "message": {"content": "4"}}
+
+    async def ask(reply: dict, batched: bool):
+        body = json.dumps(reply).encode()  # NaN and Infinity as Python's json writes them
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body, headers={"content-type": "application/json"}))
+        template = ChatTemplate("{% for m in messages %}{{ m.content }}{% endfor %}", {}) if batched else None
+        client = VLLMClient(LLMSettings(), http=httpx.AsyncClient(base_url="http://llm", transport=transport), template=template)
+        messages = [{"role": "user", "content": "rate"}]
+        try:
+            if batched:
+                return await client.next_token_logprobs_many([messages, messages])
+            return await client.next_token_logprobs(messages)
+        finally:
+            await client.aclose()
+
+    for reply, batched in (
+        ({"choices": [choice(0, {"4": -0.1}), choice(0, {"4": -0.2})]}, True),  # two answers to the first prompt, none to the second
+        ({"choices": [choice(0, {"4": -0.1}), choice(1, {"4": "high"})]}, True),  # a logprob that is no number
+        ({"choices": [choice(0, {"4": -0.1})]}, True),  # one answer for two prompts
+    ):
+        with pytest.raises(LLMError):
+            run(ask(reply, batched))
+    chat_choice = {"index": 0, "logprobs": {"content": [{"token": "4", "logprob": -0.1, "top_logprobs": [{"token": "4", "logprob": -0.1}]}]}}
+    with pytest.raises(LLMError):
+        run(ask({"choices": [chat_choice, {**chat_choice, "index": 1}]}, False))  # two answers to one chat prompt
+    got = run(ask({"choices": [choice(0, {"4": float("nan"), "3": -0.5}), choice(1, {"4": float("inf")})]}, True))
+    assert math.isnan(got[0]["4"]) and got[0]["3"] == -0.5 and got[1]["4"] == math.inf  # judged by the scoring, not dropped here
