@@ -10,7 +10,7 @@ PROFILE ?= cpu
 HINT_BACKBONE ?= lightgcn
 SAMPLING ?= adaptive
 
-.PHONY: install data backbones tune ablate eval serve bench deploy-check dashboards test test-all lint clean
+.PHONY: install data backbones tune ablate eval variants serve bench deploy-check dashboards test test-all lint clean
 
 $(PY):
 	python3.11 -m venv $(VENV)
@@ -46,6 +46,14 @@ M ?= 10
 EVAL_USERS ?= 0
 eval: $(PY)
 	$(PY) -m training eval --dataset $(DATASET) --backbones lightgcn sasrec --m $(M) --test-users $(EVAL_USERS) --valid-users $(EVAL_USERS)
+
+# The tuning variants side by side in reports/quality-$(DATASET).{json,md,png}: honest hints (the
+# default, artifacts/$(DATASET)/model), the paper's hints and honest hints without the pointwise
+# hint (artifacts/$(DATASET)/model-<variant>), each tuned and evaluated as `make tune` and `make eval`
+# do. About an hour per variant on this CPU; cached steps are reused.
+VARIANTS ?= honest_hints paper_hints honest_hints_no_pointwise_hint
+variants: $(PY)
+	$(PY) -m training variants --dataset $(DATASET) --profile $(PROFILE) --backbone $(HINT_BACKBONE) --variants $(VARIANTS)
 
 # Tuning ablations (uniform sampling, no enhancement, no position shifting), each a tuning run of
 # PROFILE -> reports/ablation-$(DATASET).{json,md}. About 20 min per variant on this CPU.

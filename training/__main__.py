@@ -115,6 +115,24 @@ def cmd_tune(args, paths: Paths) -> int:
     return 0
 
 
+def cmd_variants(args, paths: Paths) -> int:
+    """Each tuning variant tuned into its own export folder and evaluated as `make eval` does; the
+    rows meet in reports/quality-<dataset>.*. Cached steps are reused, so a rerun only fills gaps."""
+    from dataclasses import replace
+
+    from training.evaluate import EvalRequest, run_eval
+    from training.pipeline import TuneRequest, run_tune
+    from training.quality_report import VARIANTS, variant_export_dir
+
+    base = TuneRequest(dataset=args.dataset, backbone=args.backbone, profile=args.profile)
+    for variant in args.variants:
+        export_dir = variant_export_dir(paths.artifacts, args.dataset, variant)
+        print(f"== {variant}: tune -> {export_dir}, then eval", flush=True)
+        run_tune(replace(base, export_dir=export_dir, **VARIANTS[variant]), paths)
+        run_eval(EvalRequest(dataset=args.dataset, ms=tuple(args.m), model_dir=export_dir), paths)
+    return 0
+
+
 def cmd_ablate(args, paths: Paths) -> int:
     import json
 
@@ -187,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="cpu", choices=["cpu", "gpu", "tiny"])
     p.add_argument("--variants", nargs="+", default=None, help="default: full uniform_sampling no_enhancement no_position_shift")
     p.set_defaults(func=cmd_ablate)
+    p = sub.add_parser("variants", help="tune and evaluate each tuning variant (honest/paper hints, pointwise hint) -> reports/quality-<dataset>.*")
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--backbone", default="lightgcn")
+    p.add_argument("--profile", default="cpu", choices=["cpu", "gpu", "tiny"])
+    p.add_argument("--variants", nargs="+", default=["honest_hints", "paper_hints", "honest_hints_no_pointwise_hint"], choices=["honest_hints", "paper_hints", "honest_hints_no_pointwise_hint"])
+    p.add_argument("--m", nargs="+", type=int, default=[10])
+    p.set_defaults(func=cmd_variants)
     p = sub.add_parser("eval", help="rerank backbones' top-m with the tuned LLM (real vLLM server) and report")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--backbones", nargs="+", default=["lightgcn", "sasrec"])

@@ -17,6 +17,19 @@ from pathlib import Path
 TARGET_GAIN = 0.10  # what we are after: +10% NDCG@3 over the backbone with the interval above 0
 
 
+# The tuning request fields that make each variant (the rest are the request's defaults).
+VARIANTS: dict[str, dict] = {
+    "honest_hints": {"hints": "honest", "pointwise_hint": True},
+    "paper_hints": {"hints": "paper", "pointwise_hint": True},
+    "honest_hints_no_pointwise_hint": {"hints": "honest", "pointwise_hint": False},
+}
+
+
+def variant_export_dir(artifacts: Path, dataset: str, variant: str) -> Path:
+    """The default variant is `make tune`'s model; the others sit beside it."""
+    return artifacts / dataset / ("model" if variant == default_variant() else f"model-{variant}")
+
+
 def variant_of(manifest: dict) -> str:
     if manifest.get("hints", "paper") == "paper":
         return "paper_hints"

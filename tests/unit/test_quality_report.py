@@ -56,3 +56,15 @@ def test_a_second_evaluation_replaces_its_own_variant_and_keeps_the_others(tmp_p
     per_variant = {(r["variant"], r["method"]): r["NDCG@3"] for r in q["rows"]}
     assert per_variant == {("paper_hints", "backbone"): 0.10, ("paper_hints", "hybrid"): 0.09, ("honest_hints", "backbone"): 0.10, ("honest_hints", "hybrid"): 0.12}
     assert q["variants"]["honest_hints"]["model_run_key"] == "k2" and q["variants"]["paper_hints"]["tuned_on"] == "2-core test CPU"
+
+
+def test_each_variants_tuning_request_is_named_back_as_that_variant_and_only_the_default_is_make_tunes_model(tmp_path):
+    from dataclasses import asdict, replace
+
+    from training.pipeline import TuneRequest
+    from training.quality_report import VARIANTS, default_variant, variant_export_dir
+
+    for name, fields in VARIANTS.items():
+        assert variant_of(asdict(replace(TuneRequest(), **fields))) == name
+    assert variant_export_dir(tmp_path, "ml-100k", default_variant()) == tmp_path / "ml-100k" / "model"
+    assert {variant_export_dir(tmp_path, "ml-100k", v) for v in VARIANTS} == {tmp_path / "ml-100k" / "model", *(tmp_path / "ml-100k" / f"model-{v}" for v in VARIANTS if v != default_variant())}
