@@ -1,5 +1,5 @@
-# RecRanker. Two commands on a fresh machine: `make install && make tune` (the offline pipeline
-# on the embedded defaults) and `make install && make test`.
+# RecRanker. Two commands on a fresh machine: `make install && make serve` (the service on the
+# embedded defaults; the first run builds the tuned model) and `make install && make test`.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -60,9 +60,13 @@ variants: $(PY)
 ablate: $(PY)
 	$(PY) -m training ablate --dataset $(DATASET) --profile $(PROFILE) --backbone $(HINT_BACKBONE)
 
-# The local stack: vLLM (CPU) on artifacts/$(DATASET)/model, the gateway on :8080, Redis when one
-# answers at RECRANKER_REDIS_URL (else an in-process cache). Ctrl-C stops all of it.
+# The main job: the local stack, vLLM (CPU) on artifacts/$(DATASET)/model and the gateway on :8080
+# (+ Redis when one answers at RECRANKER_REDIS_URL, else an in-process cache). On a fresh clone it
+# first builds what is missing (data, backbone, tuned model) with `make tune`. Ctrl-C stops all of it.
 serve: $(PY)
+	@if [ -z "$$RECRANKER_MODEL_DIR" ] && [ ! -f artifacts/$(DATASET)/model/manifest.json ]; then \
+	  echo "serve: no tuned model in artifacts/$(DATASET)/model yet; building it first with make tune (about 45 min on 2 CPU cores, progress below)"; \
+	  $(MAKE) --no-print-directory tune; fi
 	$(PY) -m service.gateway.stack
 
 # Load test from a second process against the stack `make serve` starts, plus the paper-style
