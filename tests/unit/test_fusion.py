@@ -345,13 +345,25 @@ def test_a_model_that_learns_nothing_ranks_like_the_hybrid():
         assert fusion.rank(g.features) == rank_by(hybrid_scores_of(g.features))
 
 
-def test_the_guard_wants_a_sign_test_win_over_enough_users():
+def test_the_guard_wants_a_consistent_paired_gain_over_enough_users():
     from service.ranking.fusion import clearly_better
 
     a, b = np.zeros(40), np.zeros(40)
     a[:6] = 1.0  # six wins, no loss: too few users differ to tell
     assert not clearly_better(a, b, z=2.0)
-    a[:14] = 1.0  # fourteen wins: 14 > 2 * sqrt(14)
+    a[:14] = 1.0  # fourteen wins: a mean gain of 4.6 standard errors
     assert clearly_better(a, b, z=2.0)
-    b[14:24] = 1.0  # and ten losses: 4 < 2 * sqrt(24)
+    b[14:24] = 1.0  # and ten losses of the same size: 1.0 standard error
     assert not clearly_better(a, b, z=2.0)
+
+
+def test_the_guard_weighs_how_far_the_relevant_item_moved_not_only_who_won():
+    from service.ranking.fusion import clearly_better
+
+    rng = np.random.default_rng(0)
+    a, b = np.zeros(900), np.zeros(900)
+    users = rng.permutation(900)
+    a[users[:60]] = 0.5  # sixty users gain half an NDCG point (their item moved from 8th to 2nd) ...
+    b[users[60:110]] = 0.1  # ... fifty lose a tenth: 10 net wins, below a sign test's 2.25 * sqrt(110)
+    assert clearly_better(a, b, z=2.25)
+    assert not clearly_better(b, a, z=2.25)
