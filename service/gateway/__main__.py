@@ -6,17 +6,18 @@ import sys
 
 import uvicorn
 
-from service.gateway.app import StartupError, create_app
+from service.gateway.app import StartupError, build_components, create_app
 from service.gateway.settings import GatewaySettings
 
 
 def main() -> int:
     settings = GatewaySettings()
-    try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    try:  # built before uvicorn starts, so a missing artefact is one line and exit 2, not a traceback
+        components = build_components(settings)
     except StartupError as exc:
-        print(f"recranker gateway: {exc}", file=sys.stderr)
+        print(f"recranker gateway: error: {exc}", file=sys.stderr)
         return 2
+    uvicorn.run(create_app(settings, components), host=settings.host, port=settings.port, log_config=None, access_log=False)
     return 0
 
 

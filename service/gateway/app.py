@@ -178,13 +178,16 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
-    settings = settings or GatewaySettings()
+def create_app(settings: GatewaySettings | None = None, components: Components | None = None) -> FastAPI:
+    """The gateway. `components` built beforehand (`build_components`, or fakes in tests) are used
+    as they are; without them the lifespan builds them from `settings`."""
+    settings = settings or (components.settings if components else GatewaySettings())
     configure_logging(settings.log_level)
+    prebuilt = components
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        components = build_components(settings)
+        components = prebuilt or build_components(settings)
         # The store is ~10^5 long-lived objects: move them out of the collector's reach, or every
         # full collection walks them all (pauses of ~100 ms seen as the p99 of cheap requests).
         gc.collect()
