@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path", type=Path, default=None, help="local Hugging Face model folder (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--no-enhancement", action="store_true", help="ablation: prompts without backbone hints")
     p.add_argument("--no-position-shift", action="store_true", help="ablation: keep history and candidate order")
-    p.add_argument("--hints", default="honest", choices=["honest", "paper"], help="honest: hints from a backbone fitted before each target (default); paper: from the serving backbone")
+    p.add_argument("--hints", default="paper", choices=["honest", "paper"], help="paper (default, the best validation hybrid so far): from the serving backbone; honest: from a backbone fitted before each target")
     p.add_argument("--no-pointwise-hint", action="store_true", help="pointwise prompts without the rank hint")
     p.add_argument("--export-dir", type=Path, default=None, help="default artifacts/<dataset>/model")
     p.set_defaults(func=cmd_tune)

@@ -12,7 +12,7 @@ from tests.conftest import CACHE
 from training.paths import Paths
 from training.pipeline import TuneRequest, run_tune
 
-TINY = TuneRequest(backbone="pop", profile="tiny", sampling="uniform")
+TINY = TuneRequest(backbone="pop", profile="tiny", sampling="uniform", hints="honest")  # the honest path is the one with more moving parts
 
 
 @pytest.fixture(scope="session")

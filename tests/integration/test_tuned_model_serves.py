@@ -46,14 +46,16 @@ def test_eval_reports_every_method_paired_with_the_backbone_and_updates_the_qual
 
     req = EvalRequest(backbones=("pop",), feature_backbones=("pop",), test_users=24, valid_users=24, model_dir=tiny_export, reports_dir=tmp_path, dtype="float32", bootstrap=200)
     run_eval(req, Paths(cache=CACHE, artifacts=tiny_artifacts))
-    report = json.loads((tmp_path / "eval-ml-100k-pop.json").read_text())
+    from training.quality_report import default_variant
+
+    report = json.loads((tmp_path / "eval-ml-100k-honest_hints-pop.json").read_text())  # not the default variant: named
     assert report["users"] == {"test": 24, "valid": 24}
     methods = {r["method"] for r in report["rows"]}
     assert {"backbone", "hybrid", "learned", "learned_no_llm", "rank_mean_no_llm"} <= methods
     paired = {(p["method"], p["vs"]) for p in report["paired"] if p["metric"] == "NDCG@3"}
     assert ("learned", "learned_no_llm") in paired and ("hybrid", "backbone") in paired
     quality = json.loads((tmp_path / "quality-ml-100k.json").read_text())
-    assert quality["default"] == "honest_hints" and quality["users"] == {"test": 24, "valid": 24}
+    assert quality["default"] == default_variant() and quality["users"] == {"test": 24, "valid": 24}
     assert {r["variant"] for r in quality["rows"]} == {"honest_hints"}
     assert (tiny_export / "fusion").is_dir()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from training.quality_report import update_quality_report, variant_of
+from training.quality_report import VARIANTS, default_variant, update_quality_report, variant_of
 
 RELIABILITY = {w: {"pairwise_accuracy": 0.6, "listwise_hits_at_5": 0.65, "pairs": 10, "lists": 5} for w in ("instructions", "validation", "validation_stage", "test")}
 
@@ -31,9 +31,10 @@ def test_variants_are_named_from_the_manifest():
 
 def test_rows_carry_the_paired_difference_to_the_backbone_and_to_learned_no_llm(tmp_path):
     scores = {"backbone": 0.10, "hybrid": 0.11, "learned_no_llm": 0.12, "learned": 0.125}
-    update_quality_report(tmp_path, "ml-100k", manifest(), {"lightgcn": eval_report(scores)})
+    default = VARIANTS[default_variant()]
+    update_quality_report(tmp_path, "ml-100k", manifest(default["hints"], default["pointwise_hint"]), {"lightgcn": eval_report(scores)})
     q = json.loads((tmp_path / "quality-ml-100k.json").read_text())
-    assert q["users"] == {"test": 942, "valid": 942} and q["default"] == "honest_hints"
+    assert q["users"] == {"test": 942, "valid": 942} and q["default"] == default_variant()
     assert set(q["hint_reliability"]) >= {"instructions", "validation", "test"}
     rows = {r["method"]: r for r in q["rows"]}
     assert set(rows) == set(scores)  # the "hit" subset rows are not repeated
@@ -43,7 +44,7 @@ def test_rows_carry_the_paired_difference_to_the_backbone_and_to_learned_no_llm(
     assert rows["backbone"]["diff_vs_backbone"] == 0.0
     for key in ("variant", "backbone", "m", "method", "NDCG@3", "HR@3", "diff_vs_backbone", "ci_low", "ci_high", "p_value"):
         assert key in learned
-    assert (tmp_path / "quality-ml-100k.md").read_text().count("| honest_hints | lightgcn | 10 |") == len(scores)
+    assert (tmp_path / "quality-ml-100k.md").read_text().count(f"| {default_variant()} | lightgcn | 10 |") == len(scores)
     assert (tmp_path / "quality-ml-100k.png").stat().st_size > 0
 
 
@@ -62,7 +63,7 @@ def test_each_variants_tuning_request_is_named_back_as_that_variant_and_only_the
     from dataclasses import asdict, replace
 
     from training.pipeline import TuneRequest
-    from training.quality_report import VARIANTS, default_variant, variant_export_dir
+    from training.quality_report import variant_export_dir
 
     for name, fields in VARIANTS.items():
         assert variant_of(asdict(replace(TuneRequest(), **fields))) == name
