@@ -331,12 +331,14 @@ def fit_fusions(split: Split, valid: list[Record], popularity: np.ndarray, score
     return fitted, cv
 
 
-def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: str, new_client: Callable[[], VLLMClient], prompt_cfg: PromptConfig, run_key: str, model_dir: Path) -> dict:
+def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: str, new_client: Callable[[], VLLMClient], prompt_cfg: PromptConfig, run_key: str, model_dir: Path,
+                      all_scores: dict[str, dict[str, np.ndarray]]) -> dict:
+    """`all_scores`: `stage_backbone_scores` of every backbone the run needs, computed once per run."""
     ds = split.dataset
     folder = paths.backbone_dir(ds.name, backbone)
     tops = candidate_lists(folder, ds)
     names = tuple(dict.fromkeys((*req.feature_backbones, backbone)))
-    scores = stage_backbone_scores(paths, split, names)
+    scores = {stage: {name: per_name[name] for name in names} for stage, per_name in all_scores.items()}
     _, liked_items = split.liked_pairs()
     popularity = np.bincount(liked_items, minlength=split.n_items).astype(float)
     stage_users = {"test": sample_users(split, req.test_users, req.seed), "valid": sample_users(split, req.valid_users, req.seed + 1)}
@@ -500,11 +502,12 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
     prompt_cfg = PromptConfig(**manifest["prompt_config"])
     for backbone in dict.fromkeys((*req.backbones, *req.feature_backbones)):  # `make tune` trains only the hint backbone; a trained one is skipped
         train_backbone(backbone, dataset, split, paths)
+    all_scores = stage_backbone_scores(paths, split, tuple(dict.fromkeys((*req.backbones, *req.feature_backbones))))
     out = []
     reports = {}
     with llm_clients(req, paths, model_dir, prompt_cfg) as new_client:
         for backbone in req.backbones:
-            report = evaluate_backbone(req, paths, split, backbone, new_client, prompt_cfg, manifest["run_key"], model_dir)
+            report = evaluate_backbone(req, paths, split, backbone, new_client, prompt_cfg, manifest["run_key"], model_dir, all_scores)
             report["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(req).items()} | {"backbone": backbone, "model_run_key": manifest["run_key"]}
             variant = variant_of(manifest)
             base = req.reports_dir / (f"eval-{dataset.name}-{backbone}" if variant == default_variant() else f"eval-{dataset.name}-{variant}-{backbone}")
