@@ -4,6 +4,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATASET ?= ml-100k
+# Original files of DATASET (ml-1m, bookcrossing, atomic: a folder); empty = the embedded ML-100K.
+DATA_PATH ?=
+DATA_ARGS = --dataset $(DATASET) $(if $(DATA_PATH),--data-path $(DATA_PATH))
 BACKBONES ?= pop mf lightgcn sgl sasrec bert4rec cl4srec
 PYTEST_ARGS ?=
 PROFILE ?= cpu
@@ -27,16 +30,16 @@ install: $(PY)
 	$(PY) -c "import torch, training, service; print('installed: torch', torch.__version__)"
 
 data: $(PY)
-	$(PY) -m training data --dataset $(DATASET)
+	$(PY) -m training data $(DATA_ARGS)
 
 # Trains every backbone on the embedded default; a backbone whose metrics.json exists is skipped.
 backbones: $(PY)
-	$(PY) -m training backbones --dataset $(DATASET) --names $(BACKBONES)
+	$(PY) -m training backbones $(DATA_ARGS) --names $(BACKBONES)
 
 # data -> backbone -> sampling -> instructions -> LoRA -> merged export in artifacts/$(DATASET)/model.
 # PROFILE=gpu on a GPU host; a second run reuses every cached step.
 tune: $(PY)
-	$(PY) -m training tune --dataset $(DATASET) --profile $(PROFILE) --backbone $(HINT_BACKBONE) --sampling $(SAMPLING)
+	$(PY) -m training tune $(DATA_ARGS) --profile $(PROFILE) --backbone $(HINT_BACKBONE) --sampling $(SAMPLING)
 
 # Reranks LightGCN's and SASRec's top-10 with the tuned model through a real vLLM CPU server, for
 # every evaluated user at the validation stage (where fusion is fitted) and the test stage, and
@@ -45,7 +48,7 @@ tune: $(PY)
 M ?= 10
 EVAL_USERS ?= 0
 eval: $(PY)
-	$(PY) -m training eval --dataset $(DATASET) --backbones lightgcn sasrec --m $(M) --test-users $(EVAL_USERS) --valid-users $(EVAL_USERS)
+	$(PY) -m training eval $(DATA_ARGS) --backbones lightgcn sasrec --m $(M) --test-users $(EVAL_USERS) --valid-users $(EVAL_USERS)
 
 # The tuning variants side by side in reports/quality-$(DATASET).{json,md,png}: honest hints (the
 # default, artifacts/$(DATASET)/model), the paper's hints and honest hints without the pointwise
@@ -58,7 +61,7 @@ variants: $(PY)
 # Tuning ablations (uniform sampling, no enhancement, no position shifting), each a tuning run of
 # PROFILE -> reports/ablation-$(DATASET).{json,md}. About 20 min per variant on this CPU.
 ablate: $(PY)
-	$(PY) -m training ablate --dataset $(DATASET) --profile $(PROFILE) --backbone $(HINT_BACKBONE)
+	$(PY) -m training ablate $(DATA_ARGS) --profile $(PROFILE) --backbone $(HINT_BACKBONE)
 
 # The main job: the local stack, vLLM (CPU) on artifacts/$(DATASET)/model and the gateway on :8080
 # (+ Redis when one answers at RECRANKER_REDIS_URL, else an in-process cache). On a fresh clone it
@@ -67,6 +70,7 @@ serve: $(PY)
 	@if [ -z "$$RECRANKER_MODEL_DIR" ] && [ ! -f artifacts/$(DATASET)/model/manifest.json ]; then \
 	  echo "serve: no tuned model in artifacts/$(DATASET)/model yet; building it first with make tune (about 45 min on 2 CPU cores, progress below)"; \
 	  $(MAKE) --no-print-directory tune; fi
+	@if [ ! -f artifacts/$(DATASET)/serving/meta.json ]; then $(MAKE) --no-print-directory data; fi
 	$(PY) -m service.gateway.stack
 
 # Load test from a second process against the stack `make serve` starts, plus the paper-style

@@ -1,6 +1,6 @@
 """Command line of the offline pipeline: `python -m training <command>`.
 
-  data        load a dataset, print its counts and split sizes, write the item/user tables
+  data        load a dataset, print its counts and split sizes, export the gateway's serving tables
   backbone    train one backbone and write artifacts/<dataset>/backbones/<name>/
   backbones   train several (skipping trained ones) and write reports/backbones-<dataset>.md
 """
@@ -15,9 +15,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from training.data import LOADERS, DataError, leave_one_out, load_dataset
+from training.data import LOADERS, DataError, leave_one_out, load_dataset, require_held_out_users
 from training.paths import Paths
 from training.pipeline import train_backbone
+from training.serving_export import write_serving_tables
 
 console = Console(soft_wrap=True)
 
@@ -39,12 +40,10 @@ def _parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 def _load(args, paths: Paths):
     dataset = load_dataset(args.dataset, args.data_path, cache_dir=paths.cache)
-    return dataset, leave_one_out(dataset)
+    return dataset, require_held_out_users(leave_one_out(dataset), args.data_path or args.dataset)
 
 
 def cmd_data(args, paths: Paths) -> int:
-    from training.backbone_artifacts import write_dataset_tables
-
     dataset, split = _load(args, paths)
     table = Table(title=f"{dataset.name}")
     table.add_column("what")
@@ -53,15 +52,16 @@ def cmd_data(args, paths: Paths) -> int:
     for key, value in summary.items():
         table.add_row(key, str(value))
     console.print(table)
-    folder = paths.artifacts / dataset.name
-    write_dataset_tables(dataset, folder)
-    (folder / "data_summary.json").write_text(json.dumps(summary, indent=2))
+    serving = write_serving_tables(dataset, paths.serving_dir(dataset.name))
+    (paths.artifacts / dataset.name / "data_summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(f"serving tables -> {serving}")
     return 0
 
 
 def cmd_backbone(args, paths: Paths) -> int:
     dataset, split = _load(args, paths)
     train_backbone(args.name, dataset, split, paths, _parse_overrides(args.set), args.force)
+    write_serving_tables(dataset, paths.serving_dir(dataset.name))
     return 0
 
 
@@ -82,6 +82,7 @@ def metrics_table_markdown(dataset: str, reports: dict[str, dict]) -> str:
 def cmd_backbones(args, paths: Paths) -> int:
     dataset, split = _load(args, paths)
     reports = {name: train_backbone(name, dataset, split, paths, {}, args.force) for name in args.names}
+    write_serving_tables(dataset, paths.serving_dir(dataset.name))
     table = Table(title=f"backbones on {dataset.name} (test, full catalogue)")
     for col in ["backbone", "HR@3", "NDCG@3", "HR@5", "NDCG@5", "HR@10", "NDCG@10"]:
         table.add_column(col, justify="right")
@@ -155,6 +156,7 @@ def cmd_eval(args, paths: Paths) -> int:
 
     req = EvalRequest(
         dataset=args.dataset,
+        data_path=args.data_path,
         backbones=tuple(args.backbones),
         ms=tuple(args.m),
         test_users=args.test_users,
@@ -195,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path", type=Path, default=None, help="local Hugging Face model folder (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--no-enhancement", action="store_true", help="ablation: prompts without backbone hints")
     p.add_argument("--no-position-shift", action="store_true", help="ablation: keep history and candidate order")
-    p.add_argument("--hints", default="paper", choices=["honest", "paper"], help="paper (default, the best validation hybrid so far): from the serving backbone; honest: from a backbone fitted before each target")
+    p.add_argument("--hints", default="honest", choices=["honest", "paper"], help="honest (default): from a backbone fitted before each target; paper: from the serving backbone, which saw the targets")
     p.add_argument("--no-pointwise-hint", action="store_true", help="pointwise prompts without the rank hint")
     p.add_argument("--export-dir", type=Path, default=None, help="default artifacts/<dataset>/model")
     p.set_defaults(func=cmd_tune)
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m", nargs="+", type=int, default=[10])
     p.set_defaults(func=cmd_variants)
     p = sub.add_parser("eval", help="rerank backbones' top-m with the tuned LLM (real vLLM server) and report")
-    p.add_argument("--dataset", default="ml-100k")
+    _add_data_args(p)
     p.add_argument("--backbones", nargs="+", default=["lightgcn", "sasrec"])
     p.add_argument("--m", nargs="+", type=int, default=[10], help="candidate list lengths (default 10; 20 costs about twice as much)")
     p.add_argument("--test-users", type=int, default=0, help="0 (default): every evaluated user")

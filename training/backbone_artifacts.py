@@ -20,21 +20,9 @@ import numpy as np
 
 from training.backbones.base import Backbone, TrainLog, log_as_dict
 from training.data.split import Split
-from training.data.types import Dataset
 from training.fsutil import atomic_folder
 
 CANDIDATES_M = 50
-
-
-def write_dataset_tables(dataset: Dataset, folder: Path) -> None:
-    """Item and user tables keyed by external id, shared by every backbone of the dataset."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "items.jsonl").open("w") as fh:
-        for it in dataset.items:
-            fh.write(json.dumps({"item_id": it.item_id, "title": it.title, "genres": list(it.genres), "year": it.year}) + "\n")
-    with (folder / "users.jsonl").open("w") as fh:
-        for u in dataset.users:
-            fh.write(json.dumps({"user_id": u.user_id, "age": u.age, "gender": u.gender, "occupation": u.occupation, "location": u.location}) + "\n")
 
 
 def candidate_lists(model: Backbone, split: Split, stage: str, users: np.ndarray, m: int) -> np.ndarray:
@@ -43,7 +31,7 @@ def candidate_lists(model: Backbone, split: Split, stage: str, users: np.ndarray
     return model.top_m(users, histories, exclude, m)
 
 
-def write_backbone_artifacts(model: Backbone, split: Split, log: TrainLog, folder: Path, m: int = CANDIDATES_M) -> dict:
+def write_backbone_artifacts(model: Backbone, split: Split, log: TrainLog, folder: Path, m: int = CANDIDATES_M, data_fingerprint: str | None = None) -> dict:
     dataset = split.dataset
     users = split.evaluated_users()
     metrics = model.evaluate(split, "test")
@@ -57,6 +45,7 @@ def write_backbone_artifacts(model: Backbone, split: Split, log: TrainLog, folde
         "valid": model.evaluate(split, "valid"),
         "best_epoch": log.best_epoch,
         "train_seconds": round(log.seconds, 2),
+        "data_fingerprint": data_fingerprint,  # of the split it was fitted on (training.data.fingerprint)
     }
     with atomic_folder(folder) as staging:
         model.save(staging)

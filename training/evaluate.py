@@ -50,8 +50,10 @@ from service.ranking.fusion import (
     rank_by,
 )
 from service.ranking.prompts import Candidate, PromptConfig
+from service.ranking.tasks import TASKS
 from training.backbone_artifacts import load_backbone
-from training.data import Split, leave_one_out, load_dataset
+from training.data import DataError, Split, leave_one_out, load_dataset, require_held_out_users
+from training.data.fingerprint import dataset_fingerprint
 from training.instructions import user_profile
 from training.metrics import KS, hit_gains, hr_from_ranks, metrics_from_ranks, ndcg_from_ranks, ndcg_gains
 from training.paired_stats import paired_comparison
@@ -60,7 +62,7 @@ from training.pipeline import train_backbone
 from training.quality_report import default_variant, update_quality_report, variant_of
 
 console = Console(soft_wrap=True)
-TASK_METHODS = ("pointwise", "pairwise", "listwise")
+TASK_METHODS = TASKS
 METHODS = ("backbone", *TASK_METHODS, "hybrid", "hybrid_tuned", "rank_mean_no_llm", "learned_no_llm", "learned")
 UNFITTED = ("backbone", *TASK_METHODS, "hybrid", "rank_mean_no_llm")  # scored on validation users too
 FEATURE_BACKBONES = ("mf", "lightgcn", "sasrec")
@@ -73,6 +75,7 @@ WEIGHT_GRID = {"pointwise": (0.0, 0.25, 0.5, 1.0), "pairwise": (0.0, 0.25, 0.5, 
 @dataclass(frozen=True)
 class EvalRequest:
     dataset: str = "ml-100k"
+    data_path: Path | None = None  # original files; default the embedded data set
     backbones: tuple[str, ...] = ("lightgcn", "sasrec")
     ms: tuple[int, ...] = (10,)
     test_users: int = 0  # 0: every evaluated user
@@ -494,11 +497,14 @@ def serving_validation(paths: Paths, split: Split, model_dir: Path, backbone: st
 
 
 def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
-    dataset = load_dataset(req.dataset, cache_dir=paths.cache)
-    split = leave_one_out(dataset)
+    dataset = load_dataset(req.dataset, req.data_path, cache_dir=paths.cache)
+    split = require_held_out_users(leave_one_out(dataset), req.data_path or req.dataset)
     req.reports_dir.mkdir(parents=True, exist_ok=True)
     model_dir = req.model_dir or (paths.artifacts / dataset.name / "model")
     manifest = json.loads((model_dir / "manifest.json").read_text())
+    tuned_on = manifest.get("data_fingerprint")
+    if tuned_on is not None and tuned_on != dataset_fingerprint(dataset):
+        raise DataError(req.data_path or req.dataset, f"{model_dir} was tuned on other data (fingerprint {tuned_on[:12]}, these files {dataset_fingerprint(dataset)[:12]}); run `make tune` on them first")
     prompt_cfg = PromptConfig(**manifest["prompt_config"])
     for backbone in dict.fromkeys((*req.backbones, *req.feature_backbones)):  # `make tune` trains only the hint backbone; a trained one is skipped
         train_backbone(backbone, dataset, split, paths)

@@ -5,7 +5,9 @@ hint is an item's position in that list, and the answers come from the target pe
 `training.hint_split`). So the hint is right exactly as often as it is at serving, where the list is
 the retrieval backbone's top-m and the relevant item comes after everything it was fitted on:
   * pointwise: a target-period item (any rating) in the top `pool`, labelled with its rating;
-  * pairwise: a target-period like against a list item the user did not like then, both orders;
+  * pairwise: a target-period like against a list item the user never rated, both orders (as at
+    serving, where every candidate is unrated: a target-period item rated 3 or less would be a
+    harder negative than serving ever asks about);
   * listwise: the top `n_candidates` with at least one target-period like; the answer puts the likes
     first (by rating, then recency) and fills the remaining letters in the hint's order.
 The same builder at the real split's validation or test stage, with the held-out item as the only
@@ -19,17 +21,30 @@ import random
 import numpy as np
 
 from service.ranking.prompts import Candidate, PromptConfig, listwise_answer, listwise_prompt, pairwise_prompt, pointwise_prompt
-from training.data.split import Split
+from training.data.split import NO_ITEM, Split
 from training.hint_split import Targets
 from training.instructions import ExampleBuilder, InstructionConfig, user_profile
 
 
 class ServingListExampleBuilder(ExampleBuilder):
-    def __init__(self, split: Split, stage: str, scores: np.ndarray, targets: Targets, prompt_cfg: PromptConfig, cfg: InstructionConfig, pool: int = 20):
+    def __init__(
+        self,
+        split: Split,
+        stage: str,
+        scores: np.ndarray,
+        targets: Targets,
+        prompt_cfg: PromptConfig,
+        cfg: InstructionConfig,
+        pool: int = 20,
+        masked_items: np.ndarray | None = None,
+    ):
         """`split` and `stage` say what the user's known past is (its `history(u, stage)` is what
-        `scores[u]` was computed from); `targets` the events after it."""
+        `scores[u]` was computed from); `targets` the events after it. `masked_items` (one per user,
+        NO_ITEM for none) are left out of the top list although unknown at `stage`: the hint split's
+        early-stopping like, which is neither a target nor a fair negative."""
         super().__init__(split, scores, prompt_cfg, cfg)
         self.stage, self.targets, self.pool = stage, targets, pool
+        self.masked_items = masked_items
         self._lists: dict[int, list[int]] = {}
         self.liked_at_least = split.dataset.scale.liked_at_least
 
@@ -37,6 +52,8 @@ class ServingListExampleBuilder(ExampleBuilder):
         if user not in self._lists:
             scores = self.scores[user].astype(np.float64).copy()
             scores[self.split.known_items(user, self.stage)] = -np.inf
+            if self.masked_items is not None and self.masked_items[user] != NO_ITEM:
+                scores[self.masked_items[user]] = -np.inf
             top = np.argsort(-scores, kind="stable")[: self.pool]
             self._lists[user] = [int(i) for i in top]
         return self._lists[user]
@@ -57,10 +74,10 @@ class ServingListExampleBuilder(ExampleBuilder):
         return [self._example(user, prompt, str(int(round(rating))), {"rating": rating})]
 
     def pairwise(self, user: int, rng: random.Random, shift: bool) -> list[dict]:
-        liked = self._liked_targets(user)
+        liked, rated = self._liked_targets(user), self.targets.of(user)
         lst = self.top_list(user)
         positives = [p for p, item in enumerate(lst) if item in liked]
-        negatives = [p for p, item in enumerate(lst) if item not in liked]
+        negatives = [p for p, item in enumerate(lst) if item not in rated]
         if not positives or not negatives:
             return []
         p, n = rng.choice(positives), rng.choice(negatives)
@@ -69,7 +86,8 @@ class ServingListExampleBuilder(ExampleBuilder):
         out = []
         for a, b in ((p, n), (n, p)):
             prompt = pairwise_prompt(profile, cands[a], cands[b], self.prompt_cfg, rng if shift else None)
-            label = {"prefers_a": a == p, "hint_prefers_a": a < b}
+            ids = [self.split.dataset.items[lst[x]].item_id for x in (a, b)]
+            label = {"prefers_a": a == p, "hint_prefers_a": a < b, "item_ids": ids}
             out.append(self._example(user, prompt, "Yes" if a == p else "No", label))
         return out
 

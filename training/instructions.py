@@ -35,10 +35,9 @@ from service.ranking.prompts import (
     pairwise_prompt,
     pointwise_prompt,
 )
+from service.ranking.tasks import TASKS
 from training.data.split import Split
 from training.tune import encode_example
-
-TASKS = ("pointwise", "pairwise", "listwise")
 
 
 @dataclass(frozen=True)

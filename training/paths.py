@@ -19,5 +19,8 @@ class Paths:
             artifacts=Path(os.environ.get("RECRANKER_ARTIFACTS_DIR", "artifacts")),
         )
 
+    def serving_dir(self, dataset: str) -> Path:
+        return self.artifacts / dataset / "serving"
+
     def backbone_dir(self, dataset: str, backbone: str) -> Path:
         return self.artifacts / dataset / "backbones" / backbone

@@ -19,9 +19,9 @@ from rich.table import Table
 from service.gateway.store import InteractionStore
 from service.llm.vllm_server import KV_BLOCK_TOKENS
 from service.ranking.engine import task_prompts
-from service.ranking.fusion import TASKS
 from service.ranking.profile import build_profile
 from service.ranking.prompts import Candidate, PromptConfig
+from service.ranking.tasks import TASKS
 from training.base_model import ensure_base_model
 from training.data import load_dataset
 from training.evaluate import prompt_token_cost

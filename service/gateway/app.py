@@ -21,12 +21,20 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.gateway.cache import KeyValueCache, RedisCache, cache_from_url
-from service.gateway.errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler, validation_error_handler
+from service.gateway.errors import (
+    ApiError,
+    api_error_handler,
+    error_responses,
+    http_error_handler,
+    unexpected_error_handler,
+    validation_error_handler,
+)
 from service.gateway.events import EventBus
 from service.gateway.history import HistoryCache, ScoreCache
 from service.gateway.logs import configure_logging, request_id_var
@@ -34,8 +42,9 @@ from service.gateway.metrics import GatewayMetrics
 from service.gateway.reranker import RerankService, load_learned_fusions
 from service.gateway.retrieval import EmbeddedRetriever, RemoteRetriever, RetrievalError, Retriever
 from service.gateway.schemas import EventsRequest, EventsResponse, RerankRequest, RerankResponse, RetrieveRequest, RetrieveResponse
+from service.gateway.serving_tables import ServingTablesError
 from service.gateway.settings import GatewaySettings
-from service.gateway.store import InteractionStore
+from service.gateway.store import EventsLogError, InteractionStore, StoredEvent
 from service.llm.client import LLMSettings, VLLMClient
 from service.ranking.engine import EngineConfig, RankingEngine
 from service.ranking.prompts import PromptConfig
@@ -71,14 +80,13 @@ def prompt_config_of(model_dir: Path, dataset: str, max_liked: int | None = None
 
 
 def build_components(settings: GatewaySettings) -> Components:
-    from training.data import load_dataset
-
-    tables = settings.artifacts_dir / settings.dataset
     if not (settings.backbone_dir / "item_vectors.npy").is_file() and settings.retrieval == "embedded":
         raise StartupError(f"{settings.backbone_dir}: no exported backbone; run `python -m training backbone --name {settings.backbone}` (or `make tune`)")
-    dataset = load_dataset(settings.dataset, settings.data_path, cache_dir=settings.cache_dir)
-    store = InteractionStore.from_dataset(dataset, settings.events_log)
-    embedded = EmbeddedRetriever.from_artifacts(settings.backbone_dir, tables) if (settings.backbone_dir / "item_vectors.npy").is_file() else None
+    try:
+        store = InteractionStore.from_folder(settings.serving_dir, settings.resolved_events_log)
+    except (ServingTablesError, EventsLogError) as exc:
+        raise StartupError(str(exc)) from None
+    embedded = EmbeddedRetriever.from_artifacts(settings.backbone_dir, settings.serving_dir) if (settings.backbone_dir / "item_vectors.npy").is_file() else None
     if settings.retrieval == "remote":
         if not settings.retrieval_url:
             raise StartupError("RECRANKER_RETRIEVAL=remote needs RECRANKER_RETRIEVAL_URL")
@@ -139,10 +147,16 @@ class RequestContext:
             length = int(headers.get(b"content-length", b"0") or 0)
             if length > self.settings.max_body_bytes:
                 await self._reject_too_large(send_wrapper, rid)
-            else:
-                await self.app(scope, self._bounded(receive), send_wrapper)
-        except _BodyTooLarge:
-            await self._reject_too_large(send_wrapper, rid)
+                return
+            if scope.get("method") in ("POST", "PUT", "PATCH"):
+                # Read the body here, up to the limit, whatever the transfer encoding: a chunked
+                # body over the limit is a 413 before any route parses it.
+                first = await self._read_body(receive)
+                if first is None:
+                    await self._reject_too_large(send_wrapper, rid)
+                    return
+                receive = self._replay(first, receive)
+            await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.inflight.dec()
             seconds = time.perf_counter() - started
@@ -153,29 +167,38 @@ class RequestContext:
                 self.log.info("request", extra={"method": scope.get("method"), "path": path, "status": code, "outcome": outcome, "duration_ms": round(seconds * 1000, 3)})
             request_id_var.reset(token)
 
-    def _bounded(self, receive):
-        seen = 0
-        limit = self.settings.max_body_bytes
-
-        async def wrapped():
-            nonlocal seen
+    async def _read_body(self, receive) -> dict | None:
+        """The whole body as one message (or the disconnect that cut it short); None past the limit."""
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _BodyTooLarge()
-            return message
+            if message["type"] != "http.request":
+                return message
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.settings.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        return wrapped
+    @staticmethod
+    def _replay(first: dict, receive):
+        sent = False
+
+        async def replayed():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return first
+            return await receive()
+
+        return replayed
 
     async def _reject_too_large(self, send, rid: str) -> None:
         body = json.dumps({"error": {"code": "request_too_large", "message": f"the body exceeds {self.settings.max_body_bytes} bytes", "details": None}, "request_id": rid}).encode()
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def create_app(settings: GatewaySettings | None = None, components: Components | None = None) -> FastAPI:
@@ -217,7 +240,10 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
                 except (TimeoutError, OSError) as exc:
                     log.warning("a client did not close cleanly", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
 
-    app = FastAPI(title="RecRanker gateway", version="0.1.0", lifespan=lifespan)
+    # With API keys set, the schema and the docs need a key too (served below); otherwise FastAPI's.
+    protected = bool(settings.api_keys)
+    app = FastAPI(title="RecRanker gateway", version="0.1.0", lifespan=lifespan,
+                  openapi_url=None if protected else "/openapi.json", docs_url=None if protected else "/docs", redoc_url=None)
     app.state.metrics = GatewayMetrics()
     app.state.settings = settings
     app.add_exception_handler(ApiError, api_error_handler)
@@ -237,14 +263,23 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
         if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys):
             raise ApiError(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
 
-    @app.post("/rerank", response_model=RerankResponse, dependencies=[Depends(authorized)])
+    if protected:
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorized)])
+        async def openapi_schema() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False, dependencies=[Depends(authorized)])
+        async def docs() -> Response:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="RecRanker gateway")
+
+    @app.post("/rerank", response_model=RerankResponse, dependencies=[Depends(authorized)], responses=error_responses(400, 401, 404, 413, 422, 503))
     async def rerank(body: RerankRequest, request: Request, response: Response, c: Components = Depends(components)) -> RerankResponse:
         result = await c.service.rerank(body, request.state.request_id)
         if result.degraded:
             response.headers["X-Degraded"] = ",".join(result.degraded_reasons)
         return result
 
-    @app.post("/events", response_model=EventsResponse, dependencies=[Depends(authorized)])
+    @app.post("/events", response_model=EventsResponse, dependencies=[Depends(authorized)], responses=error_responses(400, 401, 404, 413, 422, 503))
     async def events(body: EventsRequest, c: Components = Depends(components)) -> EventsResponse:
         store = c.store
         unknown_users = sorted({e.user_id for e in body.events if not store.has_user(e.user_id)})
@@ -261,15 +296,17 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
             {"event_id": uuid.uuid4().hex, "user_id": e.user_id, "item_id": e.item_id, "rating": e.rating, "timestamp": e.timestamp if e.timestamp is not None else now}
             for e in body.events
         ]
-        for r in records:
-            store.append(r["user_id"], r["item_id"], r["rating"], r["timestamp"], r["event_id"])
+        try:
+            store.append_many([StoredEvent(r["user_id"], r["item_id"], r["rating"], r["timestamp"], r["event_id"]) for r in records])
+        except EventsLogError as exc:  # not on disk: nothing applied, the client may retry
+            raise ApiError(503, "events_not_stored", f"the events could not be written durably ({exc}); retry", headers={"Retry-After": "1"}) from None
         users = sorted({e.user_id for e in body.events})
         failed = [u for u in users if not await c.histories.invalidate(u)]
         shared = await c.events.publish(records) if c.events is not None else False
         c.service.metrics.events.inc(len(body.events))
         return EventsResponse(accepted=len(body.events), invalidated_users=[u for u in users if u not in failed], cache_invalidation_failed=failed, shared_with_replicas=shared)
 
-    @app.post("/v1/retrieve", response_model=RetrieveResponse, dependencies=[Depends(authorized)])
+    @app.post("/v1/retrieve", response_model=RetrieveResponse, dependencies=[Depends(authorized)], responses=error_responses(400, 401, 404, 413, 422))
     async def retrieve(body: RetrieveRequest, c: Components = Depends(components)) -> RetrieveResponse:
         if c.embedded is None:
             raise ApiError(404, "not_available", "this gateway has no embedded backbone")
@@ -285,13 +322,13 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "a dependency (cache or LLM) is down; `checks` names it"}})
     async def readyz(c: Components = Depends(components)) -> JSONResponse:
         checks = {"cache": "ok" if await c.cache.ping() else "down", "llm": "ok" if await c.llm.healthy() else "down"}
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition"}})
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -8,6 +8,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.gateway.schemas import ErrorResponse
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, details: object | None = None, headers: dict[str, str] | None = None):
@@ -34,7 +36,8 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 
 async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed"}
-    return error_response(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+    # Starlette's own headers (a 405's Allow) are kept
+    return error_response(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers=getattr(exc, "headers", None))
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -43,3 +46,19 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResp
 
     logging.getLogger("recranker.gateway").error("unhandled error", exc_info=exc)
     return error_response(request, 500, "internal_error", "the gateway failed on this request; the request id is in the logs")
+
+
+ERROR_DESCRIPTIONS = {
+    400: "malformed JSON",
+    401: "a valid API key is required (when keys are set)",
+    404: "unknown user, or no such route",
+    405: "method not allowed (the Allow header lists the allowed ones)",
+    413: "the body exceeds the size limit, whatever the transfer encoding",
+    422: "the request does not match the schema or the service's limits (`details` says where)",
+    503: "a dependency needed for this answer is unavailable; retry (Retry-After when known)",
+}
+
+
+def error_responses(*codes: int) -> dict[int, dict]:
+    """OpenAPI `responses` for these statuses, all with the one error schema."""
+    return {code: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[code]} for code in codes}

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.gateway.history import SCHEMA, HistoryCache
+from service.gateway.history import HistoryCache, namespace
 from service.gateway.store import InteractionStore
 
 log = logging.getLogger("recranker.events")
@@ -28,7 +29,7 @@ STREAM_MAXLEN = 1_000_000  # approximate trim: a bounded stream, far more than a
 
 class EventBus:
     def __init__(self, url: str, prefix: str, dataset: str, store: InteractionStore, histories: HistoryCache, timeout_s: float = 0.5):
-        self.key = f"{prefix}:v{SCHEMA}:{dataset}:events"
+        self.key = f"{namespace(prefix, dataset)}:events"
         self.store, self.histories = store, histories
         self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True)
         # XREAD BLOCK holds its connection for up to a second: its own client, longer timeout
@@ -37,15 +38,20 @@ class EventBus:
         self.applied_from_stream = 0
         self._stopped = False
 
-    async def publish(self, events: Sequence[dict]) -> bool:
-        """False when Redis is unreachable: the events then stay on this replica only."""
+    async def publish(self, events: Sequence[dict]) -> bool | None:
+        """True when the stream holds the events; False when Redis could not be reached (they stay on
+        this replica); None when a timeout left it unknown whether the write landed (a replica that
+        sees them applies each once, by its event id)."""
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for e in events:
                     pipe.xadd(self.key, {k: str(v) for k, v in e.items()}, maxlen=STREAM_MAXLEN, approximate=True)
                 await pipe.execute()
             return True
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisTimeoutError, TimeoutError) as exc:
+            log.warning("event stream timed out; the events may or may not reach the replicas", extra={"error": str(exc)[:200]})
+            return None
+        except (RedisError, OSError) as exc:
             log.warning("event stream unavailable; events stay on this replica", extra={"error": str(exc)[:200]})
             return False
 

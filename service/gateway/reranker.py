@@ -117,8 +117,13 @@ class RerankService:
     async def rerank(self, req: RerankRequest, request_id: str) -> RerankResponse:
         s = self.settings
         trace = RequestTrace()
-        budget_s = min(req.deadline_ms or s.default_deadline_ms, s.max_deadline_ms) / 1000
-        k = min(req.k or s.default_k, s.max_k)
+        # Above the limits is an error, not a silent cap: the caller learns what it will get.
+        if req.k is not None and req.k > s.max_k:
+            raise ApiError(422, "k_too_large", f"k={req.k}; at most {s.max_k}", {"max_k": s.max_k})
+        if req.deadline_ms is not None and req.deadline_ms > s.max_deadline_ms:
+            raise ApiError(422, "deadline_too_long", f"deadline_ms={req.deadline_ms}; at most {s.max_deadline_ms}", {"max_deadline_ms": s.max_deadline_ms})
+        budget_s = (req.deadline_ms or s.default_deadline_ms) / 1000
+        k = req.k or s.default_k
         tasks = list(dict.fromkeys(req.tasks if req.tasks is not None else s.default_tasks))
         if not self.store.has_user(req.user_id):
             raise ApiError(404, "unknown_user", f"user {req.user_id!r} is not known to this gateway")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-TaskName = Literal["pointwise", "pairwise", "listwise"]
+from service.ranking.tasks import TaskName
 
 
 class RerankRequest(BaseModel):
@@ -54,7 +54,8 @@ class Event(BaseModel):
     user_id: str = Field(min_length=1, max_length=128)
     item_id: str = Field(min_length=1, max_length=128)
     rating: float
-    timestamp: int | None = Field(default=None, description="seconds since the epoch; default now")
+    # 0 .. 2100-01-01: a timestamp outside is a unit mix-up (milliseconds) or garbage, refused (422)
+    timestamp: int | None = Field(default=None, ge=0, le=4_102_444_800, description="seconds since the epoch (0 to 4102444800, the year 2100); default now")
 
 
 class EventsRequest(BaseModel):
@@ -67,7 +68,8 @@ class EventsResponse(BaseModel):
     accepted: int
     invalidated_users: list[str]
     cache_invalidation_failed: list[str] = Field(default_factory=list)
-    shared_with_replicas: bool = Field(default=False, description="appended to the Redis event stream the other gateways follow")
+    shared_with_replicas: bool | None = Field(
+        default=False, description="appended to the Redis event stream the other gateways follow; null when a timeout left it unknown")
 
 
 class RetrieveRequest(BaseModel):

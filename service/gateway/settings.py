@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-TaskName = Literal["pointwise", "pairwise", "listwise"]
+from service.ranking.tasks import TASKS, TaskName
 
 
 class GatewaySettings(BaseSettings):
@@ -22,7 +22,6 @@ class GatewaySettings(BaseSettings):
     artifacts_dir: Path = Path("artifacts")
     cache_dir: Path = Path(".cache")
     dataset: str = "ml-100k"
-    data_path: Path | None = None  # original files; default the embedded ML-100K
     backbone: str = "lightgcn"
     model_dir: Path | None = None  # default <artifacts>/<dataset>/model
 
@@ -47,7 +46,9 @@ class GatewaySettings(BaseSettings):
     cache_prefix: str = "recranker"
     history_ttl_s: int = 3600
     result_ttl_s: int = 600
-    events_log: Path | None = None  # append-only JSONL of POST /events, replayed at start
+    # Append-only JSONL of POST /events, fsync'd before the 200 and replayed at start; default
+    # <cache_dir>/events/<dataset>.jsonl, so an accepted event survives a restart whatever Redis does.
+    events_log: Path | None = None
 
     # Requests.
     default_m: int = 10
@@ -57,7 +58,7 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     default_deadline_ms: int = 5000
     max_deadline_ms: int = 30000
-    default_tasks: tuple[TaskName, ...] = ("pointwise", "pairwise", "listwise")
+    default_tasks: tuple[TaskName, ...] = TASKS
     # History lengths in the prompts; default the model manifest's (what the model was tuned with).
     prompt_max_liked: int | None = None
     prompt_max_disliked: int | None = None
@@ -78,6 +79,15 @@ class GatewaySettings(BaseSettings):
     @property
     def resolved_model_dir(self) -> Path:
         return self.model_dir or self.artifacts_dir / self.dataset / "model"
+
+    @property
+    def resolved_events_log(self) -> Path:
+        return self.events_log or self.cache_dir / "events" / f"{self.dataset}.jsonl"
+
+    @property
+    def serving_dir(self) -> Path:
+        """The serving tables the pipeline exported (service.gateway.serving_tables)."""
+        return self.artifacts_dir / self.dataset / "serving"
 
     @property
     def backbone_dir(self) -> Path:

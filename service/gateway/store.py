@@ -1,19 +1,24 @@
 """The backing store: the item catalogue, user features and every user's rating history.
 
-Loaded once at start-up from the dataset the model was tuned on; `POST /events` appends to it.
-Appended events go to an append-only JSONL log first (when configured), so a restart replays them
-and nothing acknowledged is lost. Redis only caches what this store holds.
+Loaded once at start-up from the serving tables of the data set the model was tuned on;
+`POST /events` appends to it. Appended events go to an append-only JSONL log first, fsync'd before
+they are applied (and before the 200), so a restart replays them and nothing acknowledged is lost
+whatever Redis does. Redis only caches what this store holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from service.gateway.serving_tables import ServingTables, read_serving_tables
 from service.ranking.profile import Demographics, HistoryEvent
 
 
@@ -30,6 +35,45 @@ class Interaction:
     item_id: str
     rating: float
     timestamp: int
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One line of the events log."""
+
+    user_id: str
+    item_id: str
+    rating: float
+    timestamp: int
+    event_id: str | None = None
+
+
+class EventsLogError(RuntimeError):
+    """The events log cannot be written or read back; the message names the file (and line)."""
+
+
+def read_events_log(path: Path) -> list[StoredEvent]:
+    """Every event in the log. A torn last line (a crash mid-write, never acknowledged: the 200
+    comes after the fsync) is skipped; a bad line before it is an error naming the line."""
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EventsLogError(f"{path}: unreadable events log ({exc})") from None
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            e = json.loads(line)
+            out.append(StoredEvent(str(e["user_id"]), str(e["item_id"]), float(e["rating"]), int(e["timestamp"]), e.get("event_id")))
+        except (ValueError, KeyError, TypeError) as exc:
+            if number == len(lines):
+                logging.getLogger("recranker.store").warning("%s, line %d: torn last line skipped (never acknowledged)", path, number)
+                continue
+            raise EventsLogError(f"{path}, line {number}: not an event ({exc})") from None
+    return out
 
 
 class UnknownUser(KeyError):
@@ -57,31 +101,32 @@ class InteractionStore:
     _applied: set[str] = field(default_factory=set, repr=False)  # event ids, so a replayed event counts once
 
     @classmethod
-    def from_dataset(cls, dataset, events_log: Path | None = None) -> InteractionStore:
-        """`dataset` is a training.data.Dataset; events in `events_log` are replayed on top."""
-        items = {it.item_id: CatalogItem(i, it.item_id, it.title, tuple(it.genres)) for i, it in enumerate(dataset.items)}
-        users = {u.user_id: Demographics(u.age, u.gender, u.occupation) for u in dataset.users}
-        r = dataset.ratings
-        order = np.lexsort((np.arange(len(r)), r.timestamp, r.user))
-        item_ids = [it.item_id for it in dataset.items]
-        histories: dict[str, list[Interaction]] = {u.user_id: [] for u in dataset.users}
+    def from_folder(cls, folder: Path, events_log: Path | None = None) -> InteractionStore:
+        """The serving tables in `folder` (see `serving_tables`); events in `events_log` replayed on top."""
+        return cls.from_tables(read_serving_tables(folder), events_log)
+
+    @classmethod
+    def from_tables(cls, tables: ServingTables, events_log: Path | None = None) -> InteractionStore:
+        items = {it["item_id"]: CatalogItem(i, it["item_id"], it["title"], tuple(it.get("genres") or ())) for i, it in enumerate(tables.items)}
+        users = {u["user_id"]: Demographics(u.get("age"), u.get("gender"), u.get("occupation")) for u in tables.users}
+        order = np.lexsort((np.arange(len(tables.user)), tables.timestamp, tables.user))
+        item_ids = [it["item_id"] for it in tables.items]
+        user_ids = [u["user_id"] for u in tables.users]
+        histories: dict[str, list[Interaction]] = {uid: [] for uid in user_ids}
         for row in order.tolist():
-            uid = dataset.users[int(r.user[row])].user_id
-            histories[uid].append(Interaction(item_ids[int(r.item[row])], float(r.rating[row]), int(r.timestamp[row])))
-        scale = dataset.scale
+            histories[user_ids[int(tables.user[row])]].append(Interaction(item_ids[int(tables.item[row])], float(tables.rating[row]), int(tables.timestamp[row])))
+        scale = tables.scale
         # Likes, as the learned fusion's `log_popularity` was fitted on (training-period likes).
-        counts = np.bincount(r.item[r.rating >= scale.liked_at_least], minlength=len(item_ids))
+        counts = np.bincount(tables.item[tables.rating >= scale["liked_at_least"]], minlength=len(item_ids))
         store = cls(
             items=items, users=users, histories=histories,
-            min_rating=scale.min_rating, max_rating=scale.max_rating,
-            liked_at_least=scale.liked_at_least, disliked_at_most=scale.disliked_at_most,
+            min_rating=scale["min_rating"], max_rating=scale["max_rating"],
+            liked_at_least=scale["liked_at_least"], disliked_at_most=scale["disliked_at_most"],
             events_log=events_log, popularity={iid: int(c) for iid, c in zip(item_ids, counts.tolist())},
         )
-        if events_log is not None and events_log.is_file():
-            for line in events_log.read_text().splitlines():
-                if line.strip():
-                    e = json.loads(line)
-                    store._apply(e["user_id"], Interaction(e["item_id"], float(e["rating"]), int(e["timestamp"])), e.get("event_id"))
+        if events_log is not None:
+            for e in read_events_log(events_log):
+                store._apply(e.user_id, Interaction(e.item_id, e.rating, e.timestamp), e.event_id)
         return store
 
     def has_user(self, user_id: str) -> bool:
@@ -92,6 +137,12 @@ class InteractionStore:
             return self.users[user_id]
         except KeyError:
             raise UnknownUser(user_id) from None
+
+    def version(self, user_id: str) -> int:
+        """How many events the user's history holds: grows with every applied event, so a cached
+        copy with a smaller version is older than something this store accepted."""
+        with self._lock:
+            return len(self.histories.get(user_id, ()))
 
     def check_items(self, item_ids: list[str]) -> list[CatalogItem]:
         missing = [i for i in item_ids if i not in self.items]
@@ -112,16 +163,25 @@ class InteractionStore:
         return out
 
     def append(self, user_id: str, item_id: str, rating: float, timestamp: int, event_id: str | None = None) -> bool:
-        """Durably record one event (log first, then memory); False when `event_id` was already
-        applied (another replica's event seen twice). Callers validate ids and rating."""
-        if event_id is not None and event_id in self._applied:
-            return False
-        event = Interaction(item_id, float(rating), int(timestamp))
-        if self.events_log is not None:
-            self.events_log.parent.mkdir(parents=True, exist_ok=True)
-            with self.events_log.open("a") as fh:
-                fh.write(json.dumps({"user_id": user_id, "item_id": item_id, "rating": event.rating, "timestamp": event.timestamp, "event_id": event_id}) + "\n")
-        return self._apply(user_id, event, event_id)
+        """Durably record one event; False when `event_id` was already applied."""
+        return self.append_many([StoredEvent(user_id, item_id, float(rating), int(timestamp), event_id)])[0]
+
+    def append_many(self, events: list[StoredEvent]) -> list[bool]:
+        """Durably record events: written to the log and fsync'd first (one fsync for the batch),
+        then applied; an EventsLogError means none was applied. Per event, False when its
+        `event_id` was already applied (another replica's event seen twice). Callers validate ids
+        and ratings."""
+        fresh = [e for e in events if e.event_id is None or e.event_id not in self._applied]
+        if self.events_log is not None and fresh:
+            try:
+                self.events_log.parent.mkdir(parents=True, exist_ok=True)
+                with self.events_log.open("a", encoding="utf-8") as fh:
+                    fh.write("".join(json.dumps(dataclasses.asdict(e)) + "\n" for e in fresh))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise EventsLogError(f"{self.events_log}: {exc.strerror or exc}") from None
+        return [self._apply(e.user_id, Interaction(e.item_id, e.rating, e.timestamp), e.event_id) for e in events]
 
     def _apply(self, user_id: str, event: Interaction, event_id: str | None = None) -> bool:
         with self._lock:

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service.gateway.app import prompt_config_of
+from service.gateway.serving_tables import ServingTablesError
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import InteractionStore
 from service.llm.client import LLMSettings, VLLMClient
@@ -163,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {settings.resolved_model_dir}: no tuned model; run `make tune` first")
         return 2
     prompt_cfg = prompt_config_of(settings.resolved_model_dir, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked)
-    from training.data import load_dataset
-
-    store = InteractionStore.from_dataset(load_dataset(settings.dataset, settings.data_path, cache_dir=settings.cache_dir))
+    try:
+        store = InteractionStore.from_folder(settings.serving_dir)
+    except ServingTablesError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
     all_users = sorted(store.users)
     users = random.Random(1).sample(all_users, args.users)
     port, llm_port = free_port(), free_port()

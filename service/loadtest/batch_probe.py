@@ -20,11 +20,12 @@ from pathlib import Path
 
 import httpx
 
+from service.gateway.serving_tables import read_serving_tables
 from service.llm.prompt_tokens import PromptEncoder
 from service.llm.vllm_server import KV_BLOCK_TOKENS, VLLMServer
 from service.ranking.engine import task_prompts
-from service.ranking.fusion import TASKS
 from service.ranking.prompts import Candidate, PromptConfig, RatedItem, UserProfile
+from service.ranking.tasks import TASKS
 
 
 def user_prompts(titles: list[str], cfg: PromptConfig, seed: int, m: int = 10) -> dict[str, list[list[dict[str, str]]]]:
@@ -39,9 +40,7 @@ def user_prompts(titles: list[str], cfg: PromptConfig, seed: int, m: int = 10) -
 async def probe(model: Path, users: int, in_flight: int) -> None:
     from transformers import AutoTokenizer
 
-    from training.data import load_dataset
-
-    titles = [it.title for it in load_dataset("ml-100k", cache_dir=Path(".cache")).items]
+    titles = [it["title"] for it in read_serving_tables(Path("artifacts/ml-100k/serving")).items]
     tokenizer = AutoTokenizer.from_pretrained(model)
     cfg = PromptConfig(max_liked=10, max_disliked=3)
     with VLLMServer(model, log_file=Path(".cache/vllm/batch_probe.log")) as server:

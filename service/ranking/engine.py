@@ -25,10 +25,6 @@ import numpy as np
 
 from service.ranking.fusion import (
     DEFAULT_WEIGHTS,
-    LISTWISE,
-    PAIRWISE,
-    POINTWISE,
-    TASKS,
     hybrid_scores,
     listwise_utility,
     pairwise_utility,
@@ -37,6 +33,7 @@ from service.ranking.fusion import (
 )
 from service.ranking.prompts import Candidate, Prompt, PromptConfig, UserProfile, listwise_prompt, pairwise_prompt, pointwise_prompt
 from service.ranking.scoring import TaskScore, expected_rating, finite_logprobs, letter_probabilities, parse_listwise, yes_probability
+from service.ranking.tasks import LISTWISE, PAIRWISE, POINTWISE, TASKS
 
 
 class LLM(Protocol):

@@ -25,8 +25,8 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
-POINTWISE, PAIRWISE, LISTWISE = "pointwise", "pairwise", "listwise"
-TASKS = (POINTWISE, PAIRWISE, LISTWISE)
+from service.ranking.tasks import LISTWISE, PAIRWISE, POINTWISE, TASKS
+
 DEFAULT_WEIGHTS: Mapping[str, float] = {POINTWISE: 1 / 3, PAIRWISE: 1 / 3, LISTWISE: 1 / 3}
 BACKBONE_SCORE, BACKBONE_RANK = "backbone_score", "backbone_rank"
 SIDECAR_SUFFIX = ".json"
@@ -91,7 +91,6 @@ def pairwise_utility(
     pair_results: Sequence[tuple[int, int, float | None, float | None]],
     *,
     soft: bool = False,
-    average: bool = False,
 ) -> PairwiseUtility:
     """U_pair(i) = sum over i's pairs of its win credit; each pair hands out exactly 1 in total.
 
@@ -102,9 +101,7 @@ def pairwise_utility(
         otherwise (disagreement, or an exact 0.5)  ->  0.5 each
     Soft credit (`soft=True`): i gets (p_ij + 1 - p_ji) / 2, j gets 1 minus that.
     A missing answer in either order (None, NaN, outside [0, 1]) -> 0.5 each, counted in n_invalid.
-    Candidates in no pair get 0. With `average=True` the credit is divided by the number of pairs
-    the candidate took part in (a win rate) and candidates in no pair get 0.5; the paper's m/2
-    disjoint pairs give every candidate one pair, where both modes rank alike.
+    Candidates in no pair get 0 (the paper's m/2 disjoint pairs give every candidate one pair).
     """
     wins = np.zeros(m)
     comparisons = np.zeros(m, dtype=np.int64)
@@ -128,8 +125,6 @@ def pairwise_utility(
             credit_i = 0.5
         wins[i] += credit_i
         wins[j] += 1.0 - credit_i
-    if average:
-        wins = np.where(comparisons > 0, wins / np.maximum(comparisons, 1), 0.5)
     return PairwiseUtility(values=wins, comparisons=comparisons, n_invalid=n_invalid, n_disagree=n_disagree)
 
 
@@ -148,32 +143,6 @@ def listwise_utility(m: int, ranked_positions: Sequence[int]) -> np.ndarray:
             raise ValueError(f"candidate {candidate} is not one of {m}")
         values[candidate] = m - position
     return values
-
-
-@dataclass(frozen=True)
-class ListwiseRepair:
-    positions: list[int]  # complete list: the model's valid picks, then backbone order
-    repaired: bool  # True when anything was appended, dropped or truncated
-
-
-def repair_listwise(m: int, ranked_positions: Sequence[int], top: int | None = None) -> ListwiseRepair:
-    """Make a listwise answer complete: keep the model's picks (in range, first occurrence, at most
-    `top`), then append the candidates it did not name in backbone order (index order) until the
-    list has min(top, m) entries (`top=None`: all m). `repaired` says whether the answer changed.
-    """
-    want = m if top is None else min(top, m)
-    kept: list[int] = []
-    for candidate in ranked_positions:
-        if 0 <= candidate < m and candidate not in kept and len(kept) < want:
-            kept.append(candidate)
-    unchanged = kept == list(ranked_positions) and len(kept) == want
-    listed = set(kept)
-    for candidate in range(m):
-        if len(kept) >= want:
-            break
-        if candidate not in listed:
-            kept.append(candidate)
-    return ListwiseRepair(positions=kept, repaired=not unchanged)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ class HistoryEvent:
 
 @dataclass(frozen=True)
 class Demographics:
-    age: int | None = None
+    age: int | str | None = None  # years, or a band such as "18-24" (ML-1M)
     gender: str | None = None
     occupation: str | None = None
 

@@ -51,7 +51,7 @@ class UserProfile:
 
     liked: Sequence[RatedItem]  # time order, most recent last
     disliked: Sequence[RatedItem] = ()
-    age: int | None = None
+    age: int | str | None = None  # years, or a band such as "18-24" (ML-1M)
     gender: str | None = None
     occupation: str | None = None
 
@@ -93,14 +93,18 @@ class Prompt:
 
 
 def _profile_line(user: UserProfile) -> str | None:
+    """An age in years reads "a 25-year-old ..."; an age band (ML-1M's "18-24", "56+") "... aged 18-24"."""
     parts = []
-    if user.age is not None:
+    if isinstance(user.age, int):
         parts.append(f"{user.age}-year-old")
     if user.gender:
         parts.append({"M": "male", "F": "female"}.get(user.gender, user.gender))
     if user.occupation and user.occupation not in ("other", "none"):
         parts.append(user.occupation)
-    return "The user is a " + " ".join(parts) + "." if parts else None
+    band = f"aged {user.age}" if isinstance(user.age, str) and user.age else None
+    if parts:
+        return "The user is a " + " ".join(parts) + (f" {band}." if band else ".")
+    return f"The user is {band}." if band else None
 
 
 def _titles(items: Sequence[RatedItem]) -> str:

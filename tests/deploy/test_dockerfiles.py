@@ -95,3 +95,11 @@ def test_what_an_image_copies_is_in_the_repository_and_not_dockerignored(dockerf
         for source in sources:
             assert (REPO / source).exists(), f"{dockerfile.name}: COPY {source}: not in the repository"
             assert not ignored(source.rstrip("/"), patterns), f"{dockerfile.name}: COPY {source} is excluded by {ignore_file.name}"
+
+
+def test_the_gateway_image_ships_no_training_code():
+    gateway = (REPO / "docker" / "Dockerfile.gateway").read_text()
+    ignore = (REPO / "docker" / "Dockerfile.gateway.dockerignore").read_text().splitlines()
+    copies = [line for line in gateway.splitlines() if line.startswith("COPY") and "--from" not in line]
+    assert copies and not any("training" in line for line in copies)
+    assert "!training/" not in ignore and "!service/" in ignore

@@ -36,6 +36,7 @@ from tests.deploy.metricnames import (
 )
 from training.paths import Paths
 from training.pipeline import train_backbone
+from training.serving_export import write_serving_tables
 
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 USER = "1"  # an ML-100K user
@@ -61,7 +62,9 @@ def pop_artifacts(ml100k, ml100k_split, tmp_path_factory) -> Path:
     """An artefacts tree with only the popularity backbone (seconds to train): all the gateway
     needs to start; without a model folder it uses the default prompt settings."""
     artifacts = tmp_path_factory.mktemp("deploy-artifacts")
-    train_backbone("pop", ml100k, ml100k_split, Paths(cache=CACHE, artifacts=artifacts))
+    paths = Paths(cache=CACHE, artifacts=artifacts)
+    train_backbone("pop", ml100k, ml100k_split, paths)
+    write_serving_tables(ml100k, paths.serving_dir(ml100k.name))
     return artifacts
 
 

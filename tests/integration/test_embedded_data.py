@@ -30,7 +30,7 @@ def test_data_command_prints_counts_and_split_sizes(tmp_path):
     assert out.returncode == 0, out.stderr
     for needle in ("943", "1682", "100000", "evaluated_users", "942", "train_liked"):
         assert needle in out.stdout
-    assert (tmp_path / "ml-100k" / "items.jsonl").read_text().count("\n") == 1682
+    assert (tmp_path / "ml-100k" / "serving" / "items.jsonl").read_text().count("\n") == 1682
 
 
 def test_corrupt_wheel_leaves_no_partial_cache_and_is_discarded(tmp_path):

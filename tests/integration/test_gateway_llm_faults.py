@@ -15,7 +15,6 @@ import math
 import time
 import uuid
 
-import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -25,30 +24,9 @@ from service.gateway.history import SCHEMA, history_fingerprint
 from service.gateway.settings import GatewaySettings
 from tests.conftest import CACHE
 from tests.fake_llm import FakeLLM
-from training.backbone_artifacts import write_dataset_tables
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TASKS = ["listwise", "pairwise", "pointwise"]
-CHAT_TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, ml100k):
-    """The smallest artefacts tree a gateway starts on: the data set's tables, a random backbone,
-    and two model folders (one with a chat template, one without)."""
-    root = tmp_path_factory.mktemp("fault-artifacts")
-    tables = root / "ml-100k"
-    write_dataset_tables(ml100k, tables)
-    backbone = tables / "backbones" / "random"
-    backbone.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    np.save(backbone / "user_vectors.npy", rng.normal(size=(ml100k.n_users, 8)).astype(np.float32))
-    np.save(backbone / "item_vectors.npy", rng.normal(size=(ml100k.n_items, 8)).astype(np.float32))
-    (backbone / "config.json").write_text(json.dumps({"backbone": "random"}))
-    (root / "model-completions").mkdir()
-    (root / "model-completions" / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    (root / "model-chat").mkdir()
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +36,10 @@ def fake_llm():
 
 
 @pytest.fixture(scope="module", params=["completions", "chat"])
-def gateway(request, artifacts, fake_llm):
+def gateway(request, gateway_artifacts, fake_llm):
     settings = GatewaySettings(
-        _env_file=None, artifacts_dir=artifacts, cache_dir=CACHE, backbone="random", model_dir=artifacts / f"model-{request.param}",
+        _env_file=None, artifacts_dir=gateway_artifacts, cache_dir=CACHE, backbone="random", model_dir=gateway_artifacts / f"model-{request.param}",
+        events_log=gateway_artifacts / f"events-{request.param}.jsonl",
         llm_url=fake_llm.url, llm_timeout_s=5, redis_url=REDIS_URL, cache_prefix=f"recranker-fault-{uuid.uuid4().hex[:8]}",
         default_deadline_ms=10_000, default_k=5, log_level="WARNING",
     )

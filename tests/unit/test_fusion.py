@@ -26,7 +26,6 @@ from service.ranking.fusion import (
     pointwise_utility,
     prior_scores_of,
     rank_by,
-    repair_listwise,
 )
 from training.metrics import ndcg_at_k
 
@@ -101,7 +100,6 @@ def test_pairwise_wins_add_up_over_pairs_and_unpaired_candidates_get_zero_or_hal
     u = pairwise_utility(4, pairs)
     assert u.values.tolist() == [2.0, 0.0, 1.0, 0.0]
     assert u.comparisons.tolist() == [2, 2, 2, 0]
-    assert pairwise_utility(4, pairs, average=True).values.tolist() == [1.0, 0.0, 0.5, 0.5]
 
 
 def test_pairwise_rejects_a_pair_that_is_not_two_candidates():
@@ -124,24 +122,6 @@ def test_listwise_utility_rejects_repeats_and_unknown_candidates():
         listwise_utility(5, [2, 2])
     with pytest.raises(ValueError):
         listwise_utility(5, [7])
-
-
-def test_repair_listwise_appends_missing_candidates_in_backbone_order():
-    short = repair_listwise(6, [3, 1], top=4)
-    assert short.positions == [3, 1, 0, 2]
-    assert short.repaired
-    full = repair_listwise(4, [2, 0])
-    assert full.positions == [2, 0, 1, 3]
-    assert full.repaired
-
-
-def test_repair_listwise_leaves_a_complete_answer_alone_and_cleans_a_bad_one():
-    ok = repair_listwise(6, [4, 0, 2], top=3)
-    assert ok.positions == [4, 0, 2]
-    assert not ok.repaired
-    bad = repair_listwise(4, [9, 1, 1, 3, 0], top=3)  # out of range, duplicate, one too many
-    assert bad.positions == [1, 3, 0]
-    assert bad.repaired
 
 
 # -- hybrid ------------------------------------------------------------------------------------------

@@ -17,11 +17,12 @@ from service.gateway.history import HistoryCache, ScoreCache, history_fingerprin
 from service.gateway.logs import JsonFormatter, request_id_var
 from service.gateway.retrieval import EmbeddedRetriever, RetrievalError
 from service.gateway.settings import GatewaySettings
-from service.gateway.store import InteractionStore, UnknownItems, UnknownUser
+from service.gateway.store import EventsLogError, InteractionStore, StoredEvent, UnknownItems, UnknownUser
 from service.loadtest.baseline import parse_rating, parse_yes_no
 from service.loadtest.load import Outcome, summarise
 from service.ranking.profile import HistoryEvent, build_profile
 from tests.conftest import synthetic_dataset
+from training.serving_export import write_serving_tables
 
 
 def run(coro):
@@ -70,9 +71,14 @@ def test_redis_cache_reports_a_dead_server_as_cache_unavailable():
     run(go())
 
 
+def store_of(dataset, folder, events_log=None) -> InteractionStore:
+    """The store as the gateway builds it: from the serving tables the pipeline exports."""
+    return InteractionStore.from_folder(write_serving_tables(dataset, folder / "serving"), events_log)
+
+
 @pytest.fixture
-def store():
-    return InteractionStore.from_dataset(synthetic_dataset(n_users=4, n_items=10, per_user=3))
+def store(tmp_path):
+    return store_of(synthetic_dataset(n_users=4, n_items=10, per_user=3), tmp_path)
 
 
 def test_history_cache_reads_through_the_real_redis_and_an_invalidation_forces_a_reread(store):
@@ -84,19 +90,40 @@ def test_history_cache_reads_through_the_real_redis_and_an_invalidation_forces_a
         try:
             first = await histories.get("0")
             second = await histories.get("0")
-            store.append("0", "9", 5.0, 10**9)
-            stale = await histories.get("0")
             assert await histories.invalidate("0")
             fresh = await histories.get("0")
         finally:
             await cache.delete(histories.key("0"))
             await cache.aclose()
-        return first, second, stale, fresh
+        return first, second, fresh
 
-    first, second, stale, fresh = run(go())
-    assert (first.result, second.result, stale.result, fresh.result) == ("miss", "hit", "hit", "miss")
-    assert second.value == first.value and len(stale.value) == len(first.value)  # the cache, until invalidated
-    assert fresh.value[-1].item_id == "9" and len(fresh.value) == len(first.value) + 1
+    first, second, fresh = run(go())
+    assert (first.result, second.result, fresh.result) == ("miss", "hit", "miss")
+    assert second.value == first.value and fresh.value == first.value
+
+
+def test_a_cached_history_older_than_an_accepted_event_is_never_served(store):
+    """Finding 3: when the invalidation fails (a Redis stall), the entry stays in Redis; this
+    gateway's next read still sees the event, and replaces the entry."""
+    prefix = f"recranker-unit-{uuid.uuid4().hex[:8]}"
+
+    async def go():
+        cache = RedisCache("redis://127.0.0.1:6379/0")
+        histories = HistoryCache(cache, store, prefix, "synthetic", ttl_s=60)
+        try:
+            before = await histories.get("0")
+            store.append("0", "9", 5.0, 10**10)  # accepted; its invalidation "failed": nothing deleted
+            after = await histories.get("0")
+            again = await histories.get("0")
+        finally:
+            await cache.delete(histories.key("0"))
+            await cache.aclose()
+        return before, after, again
+
+    before, after, again = run(go())
+    assert before.result == "miss" and after.result == "miss" and again.result == "hit"
+    assert after.value[-1].item_id == "9" and len(after.value) == len(before.value) + 1
+    assert again.value == after.value
 
 
 def test_score_cache_keys_change_with_the_history_candidates_task_and_model():
@@ -121,9 +148,9 @@ def test_the_store_rejects_unknown_users_and_items_and_keeps_appended_events_in_
 def test_events_are_logged_before_they_are_applied_and_replayed_on_restart(tmp_path):
     log = tmp_path / "events.jsonl"
     dataset = synthetic_dataset(n_users=4, n_items=10, per_user=3)
-    first = InteractionStore.from_dataset(dataset, log)
+    first = store_of(dataset, tmp_path, log)
     first.append("1", "7", 2.0, 10**10)
-    restarted = InteractionStore.from_dataset(dataset, log)
+    restarted = store_of(dataset, tmp_path, log)
     assert restarted.history("1")[-1].item_id == "7" and restarted.history("1") == first.history("1")
 
 
@@ -236,9 +263,9 @@ def test_the_gateway_loads_the_fusions_that_make_eval_saves_and_only_those_with_
     assert loaded[10].feature_names_ == fusion.feature_names_
 
 
-def test_popularity_counts_likes_as_the_fusion_was_fitted_on_and_events_add_only_likes():
+def test_popularity_counts_likes_as_the_fusion_was_fitted_on_and_events_add_only_likes(tmp_path):
     dataset = synthetic_dataset(n_users=6, n_items=10, per_user=3)
-    store = InteractionStore.from_dataset(dataset)
+    store = store_of(dataset, tmp_path)
     r = dataset.ratings
     likes = np.bincount(r.item[r.rating >= dataset.scale.liked_at_least], minlength=dataset.n_items)
     assert [store.popularity.get(it.item_id, 0) for it in dataset.items] == likes.tolist()
@@ -286,3 +313,24 @@ def test_the_llm_client_rejects_replies_it_cannot_match_to_the_prompts_and_passe
         run(ask({"choices": [chat_choice, {**chat_choice, "index": 1}]}, False))  # two answers to one chat prompt
     got = run(ask({"choices": [choice(0, {"4": float("nan"), "3": -0.5}), choice(1, {"4": float("inf")})]}, True))
     assert math.isnan(got[0]["4"]) and got[0]["3"] == -0.5 and got[1]["4"] == math.inf  # judged by the scoring, not dropped here
+
+
+def test_the_events_log_skips_a_torn_last_line_and_names_a_bad_line_before_it(tmp_path):
+    dataset = synthetic_dataset(n_users=4, n_items=10, per_user=3)
+    log = tmp_path / "events.jsonl"
+    store_of(dataset, tmp_path, log).append("1", "7", 2.0, 10**10, "e1")
+    log.write_text(log.read_text() + '{"user_id": "1", "item_')  # a crash mid-write: never acknowledged
+    assert [e.item_id for e in store_of(dataset, tmp_path, log).history("1")][-1] == "7"
+    log.write_text('{"user_id": "1"}\n' + log.read_text())
+    with pytest.raises(EventsLogError, match=r"events.jsonl, line 1: not an event"):
+        store_of(dataset, tmp_path, log)
+
+
+def test_events_replayed_from_other_replicas_count_once_in_the_log_and_in_memory(tmp_path):
+    dataset = synthetic_dataset(n_users=4, n_items=10, per_user=3)
+    log = tmp_path / "events.jsonl"
+    store = store_of(dataset, tmp_path, log)
+    assert store.append_many([StoredEvent("1", "7", 5.0, 10**10, "e1"), StoredEvent("2", "8", 4.0, 10**10, "e2")]) == [True, True]
+    assert store.append("1", "7", 5.0, 10**10, "e1") is False
+    assert len(log.read_text().splitlines()) == 2
+    assert [e.item_id for e in store_of(dataset, tmp_path, log).history("1")].count("7") == 1

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 
 def test_a_missing_backbone_stops_the_gateway_with_one_line_and_exit_code_2(tmp_path):
     env = {**os.environ, "RECRANKER_ARTIFACTS_DIR": str(tmp_path), "RECRANKER_BACKBONE": "lightgcn"}
@@ -13,4 +15,16 @@ def test_a_missing_backbone_stops_the_gateway_with_one_line_and_exit_code_2(tmp_
     assert run.returncode == 2
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no exported backbone" in lines[0] and str(tmp_path) in lines[0]
+    assert "Traceback" not in run.stderr + run.stdout
+
+
+def test_missing_serving_tables_stop_the_gateway_with_one_line_naming_the_export_command(tmp_path):
+    backbone = tmp_path / "ml-100k" / "backbones" / "lightgcn"
+    backbone.mkdir(parents=True)
+    np.save(backbone / "item_vectors.npy", np.zeros((2, 2), dtype=np.float32))
+    env = {**os.environ, "RECRANKER_ARTIFACTS_DIR": str(tmp_path), "RECRANKER_BACKBONE": "lightgcn"}
+    run = subprocess.run([sys.executable, "-m", "service.gateway"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no serving tables" in lines[0] and "python -m training data" in lines[0]
     assert "Traceback" not in run.stderr + run.stdout

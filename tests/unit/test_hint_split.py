@@ -92,3 +92,29 @@ def test_held_out_targets_are_the_stage_item_alone():
     split = leave_one_out(one_user_dataset(12))
     assert held_out_targets(split, "test").of(0) == {int(split.test_item[0]): 5.0}
     assert held_out_targets(split, "valid").of(0) == {int(split.valid_item[0]): 5.0}
+
+
+def test_honest_pairwise_negatives_are_unrated_and_the_early_stopping_like_is_never_listed(ml100k_split):
+    """At serving every candidate is unrated, and the hint backbone's early-stopping item is a like:
+    as a negative it would be a wrong label, as a candidate a hint it was tuned on."""
+    split = ml100k_split
+    hint, targets = cut_training_period(split)
+    scores = np.random.default_rng(2).random((split.n_users, split.n_items)).astype(np.float32)
+    users = targets.users()
+    # scores that put each user's early-stopping like and target-period items at the top of the list
+    for u in users:
+        scores[u, targets.items[u]] += 10.0
+        scores[u, hint.valid_item[u]] += 20.0
+    builder = ServingListExampleBuilder(hint, "valid", scores, targets, PromptConfig(), InstructionConfig(), masked_items=hint.valid_item)
+    rows = build_examples(builder, users[:300], shift=False, seed=0)
+    ds = split.dataset
+    pairs = [r for r in rows if r["task"] == "pairwise"]
+    assert len(pairs) > 100
+    for u in users[:300]:
+        assert int(hint.valid_item[u]) not in builder.top_list(int(u))
+    for row in pairs:
+        u = ds.user_index[row["user_id"]]
+        a, b = (ds.item_index[i] for i in row["label"]["item_ids"])
+        positive, negative = (a, b) if row["label"]["prefers_a"] else (b, a)
+        assert targets.of(u)[positive] >= ds.scale.liked_at_least
+        assert negative not in targets.of(u) and negative not in hint.train_items[u]  # never rated

@@ -48,14 +48,14 @@ def test_grouplens_100k_loads_titles_years_genres_and_user_features(grouplens_10
     assert ds.ratings.timestamp.tolist() == [881250949, 881250950, 881250951]
 
 
-def test_grouplens_1m_decodes_genres_and_occupation_codes(tmp_path):
+def test_grouplens_1m_decodes_genres_occupation_and_age_codes(tmp_path):
     write(tmp_path, "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n")
     write(tmp_path, "movies.dat", "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n661::James and the Giant Peach (1996)::Animation|Children's|Musical\n")
     write(tmp_path, "users.dat", "1::F::1::10::48067\n")
     ds = load_grouplens_1m(tmp_path)
     assert len(ds.ratings) == 2
     assert ds.items[ds.item_index["661"]].genres == ("Animation", "Children's", "Musical")
-    assert ds.users[0].occupation == "K-12 student"
+    assert (ds.users[0].occupation, ds.users[0].age) == ("K-12 student", "under 18")
 
 
 def test_bookcrossing_drops_implicit_zero_ratings_and_applies_k_core(tmp_path):

@@ -121,3 +121,14 @@ def test_no_held_out_item_appears_in_any_instruction_prompt(ml100k_split):
         for title in held:
             if sum(it.title == title for it in ds.items) == 1:  # a title shared by two movies is ambiguous
                 assert title not in titles, (row["task"], title)
+
+
+def test_an_age_in_years_and_an_age_band_both_read_as_english():
+    def line(**who) -> str:
+        text = pointwise_prompt(UserProfile(liked=USER.liked, disliked=[], **who), CANDS[0]).messages[1]["content"]
+        return next(s for s in text.splitlines() if s.startswith("The user is"))
+
+    assert line(age=30, gender="F", occupation="writer") == "The user is a 30-year-old female writer."
+    assert line(age="18-24", gender="M", occupation="programmer") == "The user is a male programmer aged 18-24."
+    assert line(age="under 18") == "The user is aged under 18."
+    assert "year-old" not in line(age="56+", gender="F")

@@ -8,7 +8,7 @@ from training.data.bookcrossing import load_bookcrossing
 from training.data.embedded import ensure_ml100k
 from training.data.errors import DataError
 from training.data.movielens import load_atomic, load_grouplens_1m, load_grouplens_100k
-from training.data.split import Split, leave_one_out
+from training.data.split import Split, leave_one_out, require_held_out_users
 from training.data.types import Dataset, Item, User
 
 # Formats a user can point `--data-path` at; `ml-100k` without a path is the embedded default.
@@ -34,4 +34,4 @@ def load_dataset(name: str = "ml-100k", path: Path | None = None, *, cache_dir: 
     return LOADERS[name](path)
 
 
-__all__ = ["DataError", "Dataset", "Item", "Split", "User", "leave_one_out", "load_dataset", "LOADERS"]
+__all__ = ["DataError", "Dataset", "Item", "Split", "User", "leave_one_out", "load_dataset", "require_held_out_users", "LOADERS"]

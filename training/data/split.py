@@ -11,9 +11,11 @@ Users with fewer than three liked items keep all their events for training and a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from training.data.errors import DataError
 from training.data.types import Dataset
 
 NO_ITEM = -1
@@ -109,3 +111,11 @@ def leave_one_out(dataset: Dataset) -> Split:
         train_items.append(u_items.astype(np.int32))
         train_ratings.append(u_ratings.astype(np.float32))
     return Split(dataset=dataset, train_items=train_items, train_ratings=train_ratings, valid_item=valid, test_item=test)
+
+
+def require_held_out_users(split: Split, source: Path | str) -> Split:
+    """A split with no evaluated user has nothing to validate or test on: stop before any training."""
+    if len(split.evaluated_users()) == 0:
+        cut = split.dataset.scale.liked_at_least
+        raise DataError(source, f"no user has 3 or more liked ratings (rating >= {cut:g}), so none can be held out for validation and test")
+    return split

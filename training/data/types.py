@@ -19,13 +19,25 @@ class Item:
     year: int | None = None
 
 
+# An age in years outside this range is a data-entry error (BookCrossing holds 0 and 244), not a
+# fact a prompt should state; loaders drop it.
+PLAUSIBLE_AGE_YEARS = range(5, 101)
+
+
 @dataclass(frozen=True)
 class User:
     user_id: str
-    age: int | None = None
+    # Years (ML-100K, BookCrossing), or the source's age band where it only records bands (ML-1M:
+    # "under 18", "18-24", ..., "56+"). None when unknown or implausible.
+    age: int | str | None = None
     gender: str | None = None
     occupation: str | None = None
     location: str | None = None
+
+
+def plausible_age(years: int | None) -> int | None:
+    """`years` if a person could plausibly be that old and rate things, else None."""
+    return years if years is not None and years in PLAUSIBLE_AGE_YEARS else None
 
 
 @dataclass(frozen=True)
