@@ -28,6 +28,7 @@ MODES = {
     "html": "HTTP 200 with an HTML page",
     "close": "closes the connection without answering",
     "hang": "no answer until the server is closed",
+    "slow": "healthy answers, each request after `delay_s` (a model at its capacity)",
 }
 
 
@@ -45,6 +46,7 @@ class FakeLLM:
         self.prompts = 0  # prompts answered since the last reset
         self._lock = threading.Lock()
         self._release = threading.Event()
+        self.delay_s = 0.5
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -131,6 +133,8 @@ def _handler(llm: FakeLLM):
                 llm._release.wait(60)
                 self.close_connection = True
                 return
+            if mode == "slow":
+                llm._release.wait(llm.delay_s)
             if mode == "html":
                 self._send(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")
                 return

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.gateway.admission import LLMAdmission
 from service.gateway.cache import KeyValueCache, RedisCache, cache_from_url
 from service.gateway.errors import (
     ApiError,
@@ -37,6 +38,7 @@ from service.gateway.errors import (
 )
 from service.gateway.events import EventBus
 from service.gateway.history import HistoryCache, ScoreCache
+from service.gateway.intake import EventIntake
 from service.gateway.logs import configure_logging, request_id_var
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.reranker import RerankService, load_learned_fusions
@@ -44,7 +46,7 @@ from service.gateway.retrieval import EmbeddedRetriever, RemoteRetriever, Retrie
 from service.gateway.schemas import EventsRequest, EventsResponse, RerankRequest, RerankResponse, RetrieveRequest, RetrieveResponse
 from service.gateway.serving_tables import ServingTablesError
 from service.gateway.settings import GatewaySettings
-from service.gateway.store import EventsLogError, InteractionStore, StoredEvent
+from service.gateway.store import EventsLogError, InteractionStore
 from service.llm.client import LLMSettings, VLLMClient
 from service.ranking.engine import EngineConfig, RankingEngine
 from service.ranking.prompts import PromptConfig
@@ -108,6 +110,7 @@ def build_components(settings: GatewaySettings) -> Components:
     service = RerankService(
         settings=settings, store=store, histories=histories, scores=scores, retriever=retriever, engine=engine,
         metrics=GatewayMetrics(), model_name=settings.llm_model, learned=load_learned_fusions(model_dir, settings.backbone),
+        admission=LLMAdmission(settings.llm_slots, settings.llm_max_waiting),
     )
     events = EventBus(settings.redis_url, settings.cache_prefix, settings.dataset, store, histories) if isinstance(cache, RedisCache) else None
     return Components(settings, store, cache, histories, retriever, embedded, llm, service, events)
@@ -272,7 +275,7 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
         async def docs() -> Response:
             return get_swagger_ui_html(openapi_url="/openapi.json", title="RecRanker gateway")
 
-    @app.post("/rerank", response_model=RerankResponse, dependencies=[Depends(authorized)], responses=error_responses(400, 401, 404, 413, 422, 503))
+    @app.post("/rerank", response_model=RerankResponse, dependencies=[Depends(authorized)], responses=error_responses(400, 401, 404, 413, 422, 429, 503))
     async def rerank(body: RerankRequest, request: Request, response: Response, c: Components = Depends(components)) -> RerankResponse:
         result = await c.service.rerank(body, request.state.request_id)
         if result.degraded:
@@ -281,30 +284,7 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
 
     @app.post("/events", response_model=EventsResponse, dependencies=[Depends(authorized)], responses=error_responses(400, 401, 404, 413, 422, 503))
     async def events(body: EventsRequest, c: Components = Depends(components)) -> EventsResponse:
-        store = c.store
-        unknown_users = sorted({e.user_id for e in body.events if not store.has_user(e.user_id)})
-        if unknown_users:
-            raise ApiError(404, "unknown_user", f"{len(unknown_users)} user ids are not known", {"user_ids": unknown_users[:20]})
-        unknown_items = sorted({e.item_id for e in body.events if e.item_id not in store.items})
-        if unknown_items:
-            raise ApiError(422, "unknown_items", f"{len(unknown_items)} item ids are not in the catalogue", {"item_ids": unknown_items[:20]})
-        bad = [i for i, e in enumerate(body.events) if not store.min_rating <= e.rating <= store.max_rating]
-        if bad:
-            raise ApiError(422, "invalid_rating", f"ratings must lie in [{store.min_rating:g}, {store.max_rating:g}]", {"event_indices": bad[:20]})
-        now = int(time.time())
-        records = [
-            {"event_id": uuid.uuid4().hex, "user_id": e.user_id, "item_id": e.item_id, "rating": e.rating, "timestamp": e.timestamp if e.timestamp is not None else now}
-            for e in body.events
-        ]
-        try:
-            store.append_many([StoredEvent(r["user_id"], r["item_id"], r["rating"], r["timestamp"], r["event_id"]) for r in records])
-        except EventsLogError as exc:  # not on disk: nothing applied, the client may retry
-            raise ApiError(503, "events_not_stored", f"the events could not be written durably ({exc}); retry", headers={"Retry-After": "1"}) from None
-        users = sorted({e.user_id for e in body.events})
-        failed = [u for u in users if not await c.histories.invalidate(u)]
-        shared = await c.events.publish(records) if c.events is not None else False
-        c.service.metrics.events.inc(len(body.events))
-        return EventsResponse(accepted=len(body.events), invalidated_users=[u for u in users if u not in failed], cache_invalidation_failed=failed, shared_with_replicas=shared)
+        return await EventIntake(c.store, c.histories, c.service.metrics, c.events).accept(body)
 
     @app.post("/v1/retrieve", response_model=RetrieveResponse, dependencies=[Depends(authorized)], responses=error_responses(400, 401, 404, 413, 422))
     async def retrieve(body: RetrieveRequest, c: Components = Depends(components)) -> RetrieveResponse:

@@ -55,6 +55,7 @@ ERROR_DESCRIPTIONS = {
     405: "method not allowed (the Allow header lists the allowed ones)",
     413: "the body exceeds the size limit, whatever the transfer encoding",
     422: "the request does not match the schema or the service's limits (`details` says where)",
+    429: "the LLM is at capacity (with RECRANKER_OVERLOAD_RESPONSE=reject); Retry-After says when to retry",
     503: "a dependency needed for this answer is unavailable; retry (Retry-After when known)",
 }
 

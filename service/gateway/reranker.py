@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.gateway.admission import LLMAdmission, Overloaded
 from service.gateway.errors import ApiError
 from service.gateway.history import HistoryCache, ScoreCache, history_fingerprint
 from service.gateway.metrics import GatewayMetrics
@@ -109,22 +110,34 @@ class RerankService:
     metrics: GatewayMetrics
     model_name: str
     learned: dict[int, LearnedFusion] = field(default_factory=dict)
+    admission: LLMAdmission | None = None  # None: no admission control (every request waits)
 
     def _stage(self, trace: RequestTrace, stage: str, seconds: float) -> None:
         trace.timings[stage] = round(seconds * 1000, 3)
         self.metrics.stage_seconds.labels(stage).observe(seconds)
 
     async def rerank(self, req: RerankRequest, request_id: str) -> RerankResponse:
-        s = self.settings
+        """history -> candidates -> task scores (cache, then engine) -> fuse -> respond."""
         trace = RequestTrace()
+        k, budget_s, tasks = self._check(req)
+        history = await self._history(req.user_id, trace)
+        item_ids, backbone_scores = await self._candidates(req, history, budget_s, trace)
+        catalog = [self.store.items[i] for i in item_ids]
+        utilities, repaired = await self._task_utilities(req, tasks, history, catalog, budget_s, trace)
+        t = time.perf_counter()
+        fused, fusion_used = self._fuse(req, utilities, history, catalog, backbone_scores, trace)
+        order = rank_by(fused)
+        self._stage(trace, "fusion", time.perf_counter() - t)
+        return self._respond(req, request_id, item_ids, fused, order[:k], utilities, repaired, fusion_used, trace)
+
+    def _check(self, req: RerankRequest) -> tuple[int, float, list[str]]:
+        """The request against the limits and the catalogue: (k, budget in seconds, tasks)."""
+        s = self.settings
         # Above the limits is an error, not a silent cap: the caller learns what it will get.
         if req.k is not None and req.k > s.max_k:
             raise ApiError(422, "k_too_large", f"k={req.k}; at most {s.max_k}", {"max_k": s.max_k})
         if req.deadline_ms is not None and req.deadline_ms > s.max_deadline_ms:
             raise ApiError(422, "deadline_too_long", f"deadline_ms={req.deadline_ms}; at most {s.max_deadline_ms}", {"max_deadline_ms": s.max_deadline_ms})
-        budget_s = (req.deadline_ms or s.default_deadline_ms) / 1000
-        k = req.k or s.default_k
-        tasks = list(dict.fromkeys(req.tasks if req.tasks is not None else s.default_tasks))
         if not self.store.has_user(req.user_id):
             raise ApiError(404, "unknown_user", f"user {req.user_id!r} is not known to this gateway")
         if req.candidates is not None:
@@ -140,21 +153,27 @@ class RerankService:
                 raise ApiError(422, "unknown_items", f"{len(exc.item_ids)} candidate ids are not in the catalogue", {"item_ids": exc.item_ids[:20]}) from None
         elif req.m is not None and req.m > s.max_candidates:
             raise ApiError(422, "too_many_candidates", f"m={req.m}; at most {s.max_candidates}", {"max_candidates": s.max_candidates})
+        tasks = list(dict.fromkeys(req.tasks if req.tasks is not None else s.default_tasks))
+        return req.k or s.default_k, (req.deadline_ms or s.default_deadline_ms) / 1000, tasks
 
+    async def _history(self, user_id: str, trace: RequestTrace) -> list:
         t = time.perf_counter()
-        read = await self.histories.get(req.user_id)
-        history = read.value
+        read = await self.histories.get(user_id)
         self.metrics.cache_requests.labels("history", read.result).inc()
         trace.cache["history"] = read.result
         if read.result == "error":
             trace.degrade("cache_unavailable")
         self._stage(trace, "history", time.perf_counter() - t)
+        return read.value
 
+    async def _candidates(self, req: RerankRequest, history, budget_s: float, trace: RequestTrace) -> tuple[list[str], list[float] | None]:
+        """The caller's candidates (scored by the backbone where it can), or the backbone's top-m."""
         t = time.perf_counter()
         if req.candidates is None:
             try:
                 retrieved = await asyncio.wait_for(
-                    self.retriever.top_m(req.user_id, req.m or s.default_m, {e.item_id for e in history}), timeout=max(0.001, budget_s - trace.elapsed())
+                    self.retriever.top_m(req.user_id, req.m or self.settings.default_m, {e.item_id for e in history}),
+                    timeout=max(0.001, budget_s - trace.elapsed()),
                 )
             except (RetrievalError, TimeoutError) as exc:
                 self._stage(trace, "retrieval", time.perf_counter() - t)
@@ -166,35 +185,31 @@ class RerankService:
         self._stage(trace, "retrieval", time.perf_counter() - t)
         if not item_ids:
             raise ApiError(422, "no_candidates", "the backbone returned no candidates for this user")
+        return item_ids, backbone_scores
 
-        catalog = [self.store.items[i] for i in item_ids]
-        utilities, repaired = await self._task_utilities(req, tasks, history, catalog, budget_s, trace)
-
-        t = time.perf_counter()
-        fusion_used = req.fusion
-        m = len(item_ids)
+    def _fuse(self, req: RerankRequest, utilities, history, catalog, backbone_scores, trace: RequestTrace) -> tuple[np.ndarray, str]:
+        """Fused scores (non-finite ones last) and the fusion that made them."""
+        m = len(catalog)
         if req.fusion == "learned" and self.learned:
             model = self.learned[min(self.learned, key=lambda mm: (abs(mm - m), mm))]
             liked = [e.genres for e in history if e.rating >= self.store.liked_at_least]
             ctx = CandidateContext(liked, [c.genres for c in catalog], [self.store.popularity.get(c.item_id, 0) for c in catalog])
-            features = fusion_features(m, utilities, s.backbone, backbone_scores, ctx)
-            fused = model.predict(features)
+            fused, used = model.predict(fusion_features(m, utilities, self.settings.backbone, backbone_scores, ctx)), "learned"
         else:
             if req.fusion == "learned":
                 trace.degrade("learned_fusion_unavailable")
-                fusion_used = "hybrid"
+            used = "hybrid" if req.fusion == "learned" else req.fusion
             if utilities:
-                fused = hybrid_scores(utilities, {t_: w for t_, w in s.hybrid_weights.items() if t_ in utilities})
+                fused = hybrid_scores(utilities, {t_: w for t_, w in self.settings.hybrid_weights.items() if t_ in utilities})
             else:
                 fused = np.arange(m, 0, -1, dtype=float)  # the backbone order
-        fused = np.where(np.isfinite(fused), fused, -math.inf)
-        order = rank_by(fused)
-        self._stage(trace, "fusion", time.perf_counter() - t)
+        return np.where(np.isfinite(fused), fused, -math.inf), used
 
+    def _respond(self, req, request_id, item_ids, fused, top, utilities, repaired, fusion_used, trace: RequestTrace) -> RerankResponse:
         finite = fused[np.isfinite(fused)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
         results = []
-        for idx in order[:k]:
+        for idx in top:
             value = float(fused[idx])
             rel = 0.0 if not math.isfinite(value) else (1.0 if hi == lo else (value - lo) / (hi - lo))
             results.append(RerankResult(
@@ -209,6 +224,15 @@ class RerankService:
             tasks_used=sorted(utilities), degraded=bool(trace.reasons), degraded_reasons=trace.reasons,
             repaired_answers=repaired, cache=trace.cache, timings_ms=trace.timings,
         )
+
+    async def _rank_admitted(self, profile, candidates, tasks, budget_s: float, user_id: str):
+        if self.admission is None:
+            return await self.engine.rank(profile, candidates, tasks=tasks, deadline_s=budget_s, seed=seed_for(user_id))
+        async with self.admission.slot(budget_s) as left_s:
+            t = time.perf_counter()
+            result = await self.engine.rank(profile, candidates, tasks=tasks, deadline_s=left_s, seed=seed_for(user_id))
+            self.admission.record(time.perf_counter() - t)
+            return result
 
     async def _task_utilities(self, req, tasks, history, catalog, budget_s: float, trace: RequestTrace) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Utilities of the tasks that finished in time with usable answers, cached ones first."""
@@ -247,7 +271,14 @@ class RerankService:
             return utilities, repaired
         profile = build_profile(history, self.store.liked_at_least, self.store.disliked_at_most, self.store.demographics(req.user_id))
         candidates = [Candidate(c.title, backbone_rank=i + 1) for i, c in enumerate(catalog)]
-        result = await self.engine.rank(profile, candidates, tasks=missing, deadline_s=remaining, seed=seed_for(req.user_id))
+        try:
+            result = await self._rank_admitted(profile, candidates, missing, remaining, req.user_id)
+        except Overloaded as exc:
+            if self.settings.overload_response == "reject":
+                raise ApiError(429, "overloaded", "the LLM is at capacity; retry", {"retry_after_s": round(exc.retry_after_s, 3)},
+                               headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}) from None
+            trace.degrade("overloaded")  # answered now, in the backbone order for the tasks it lacks
+            return utilities, repaired
         writes = []
         for task in missing:
             out = result.outcomes[task]

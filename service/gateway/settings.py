@@ -35,6 +35,14 @@ class GatewaySettings(BaseSettings):
     llm_model: str = "recranker"
     llm_timeout_s: float = 30.0
     llm_max_concurrency: int = 256
+    # Admission control (service/gateway/admission.py): users scored at once (the measured capacity
+    # of 2 CPU cores: `make bench` runs 4 in flight; more at once only makes each slower), how many
+    # more may wait for a slot, and
+    # what a request that cannot get one in time gets: "degrade" (200, backbone order, reason
+    # `overloaded`) or "reject" (429 with Retry-After).
+    llm_slots: int = Field(default=4, ge=1)
+    llm_max_waiting: int = Field(default=4, ge=0)
+    overload_response: Literal["degrade", "reject"] = "degrade"
     # A task whose invalid answers (off format, or a non-finite logprob; counted per prompt) exceed
     # this share of its prompts is dropped from the fusion (`llm_invalid_answers`); up to it, the
     # invalid answers are repaired (backbone order) and counted, and the task's scores not cached.

@@ -76,6 +76,32 @@ def read_events_log(path: Path) -> list[StoredEvent]:
     return out
 
 
+def compact_events_log(path: Path) -> list[StoredEvent]:
+    """The log's events, each once (by event id; the stream can hand a replica the same event
+    twice) and without a torn last line. When that is fewer lines than the file holds, the file
+    is rewritten to exactly those events, all or nothing (temporary file, fsync, rename)."""
+    events = read_events_log(path)
+    seen: set[str] = set()
+    unique = []
+    for e in events:
+        if e.event_id is not None:
+            if e.event_id in seen:
+                continue
+            seen.add(e.event_id)
+        unique.append(e)
+    if path.is_file() and len(unique) < sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()):
+        staging = path.with_name(path.name + ".compacting")
+        try:
+            with staging.open("w", encoding="utf-8") as fh:
+                fh.write("".join(json.dumps(dataclasses.asdict(e)) + "\n" for e in unique))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(staging, path)
+        except OSError as exc:
+            raise EventsLogError(f"{path}: could not compact the events log ({exc.strerror or exc})") from None
+    return unique
+
+
 class UnknownUser(KeyError):
     pass
 
@@ -125,7 +151,7 @@ class InteractionStore:
             events_log=events_log, popularity={iid: int(c) for iid, c in zip(item_ids, counts.tolist())},
         )
         if events_log is not None:
-            for e in read_events_log(events_log):
+            for e in compact_events_log(events_log):
                 store._apply(e.user_id, Interaction(e.item_id, e.rating, e.timestamp), e.event_id)
         return store
 

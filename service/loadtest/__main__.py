@@ -4,6 +4,8 @@ paper-style baseline on the same model and hardware, and write reports/bench.jso
 Scenarios:
   gateway_only  LLM tasks off (`tasks: []`), open loop at --rate requests/s: the gateway's own cost
   hybrid        all three tasks through the gateway, no score cache, --users users, --concurrency in flight
+  overload      uncached users at twice the hybrid's capacity, serving deadline: goodput (pressure.py)
+  soak          half the capacity for --soak-duration s with events: errors, events lost, memory
   baseline      the same users and candidates, the same 2m+1 prompts answered as free text at
                 temperature 0.1 and parsed, straight to a vLLM server without prefix caching
 speedup_vs_baseline = hybrid users/s / baseline users/s at the same concurrency.
@@ -38,6 +40,7 @@ from service.llm.hardware import cpu_has_fast_bf16
 from service.llm.vllm_server import VLLMServer, free_port
 from service.loadtest.baseline import baseline_rank
 from service.loadtest.load import Outcome, closed_loop, open_loop, summarise
+from service.loadtest.pressure import overload_scenario, soak_scenario
 from service.procutil import stop_process_group
 from service.ranking.engine import seed_for
 from service.ranking.profile import build_profile
@@ -46,11 +49,13 @@ from service.ranking.prompts import Candidate, PromptConfig
 console = Console()
 
 
-def start_stack(settings: GatewaySettings, port: int, llm_port: int, log: Path) -> subprocess.Popen:
+def start_stack(settings: GatewaySettings, port: int, llm_port: int, log: Path, events_log: Path) -> subprocess.Popen:
     # A CPU vLLM answering several users at once takes tens of seconds: the bench measures
     # throughput, so no task may be dropped by the serving defaults' deadline or timeout.
     env = dict(os.environ, RECRANKER_PORT=str(port), RECRANKER_HOST="127.0.0.1", RECRANKER_LOG_LEVEL="WARNING",
-               RECRANKER_LLM_TIMEOUT_S="900", RECRANKER_MAX_DEADLINE_MS="900000")
+               RECRANKER_LLM_TIMEOUT_S="900", RECRANKER_MAX_DEADLINE_MS="900000",
+               # the soak's events go to a log of their own, never into the one `make serve` replays
+               RECRANKER_EVENTS_LOG=str(events_log))
     out = log.open("wb")
     return subprocess.Popen([sys.executable, "-m", "service.gateway.stack", "--llm-port", str(llm_port)], env=env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -126,6 +131,17 @@ async def gateway_scenarios(base: str, users: list[str], all_users: list[str], a
     return scenarios, candidates
 
 
+async def pressure_scenarios(base: str, all_users: list[str], items: list[str], capacity_rps: float, args, stack_pid: int, events_log: Path) -> dict:
+    out = {}
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=httpx.Limits(max_connections=200, max_keepalive_connections=200)) as http:
+        console.print(f"overload: {2 * capacity_rps:.2f} users/s (twice the capacity) for {args.overload_duration:.0f}s")
+        out["overload"] = await overload_scenario(http, all_users, capacity_rps, args.overload_duration, args.m)
+        if args.soak_duration > 0:
+            console.print(f"soak: {capacity_rps / 2:.2f} requests/s for {args.soak_duration:.0f}s, one in five an event")
+            out["soak"] = await soak_scenario(http, all_users, items, capacity_rps, args.soak_duration, args.m, stack_pid, events_log)
+    return out
+
+
 async def baseline_scenario(server: VLLMServer, store: InteractionStore, settings: GatewaySettings, cfg: PromptConfig, candidates: dict[str, list[str]], args) -> dict:
     llm = VLLMClient(LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=600, max_concurrency=256, max_connections=256))
     users = list(candidates)
@@ -157,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--m", type=int, default=10)
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--duration", type=float, default=20.0)
+    p.add_argument("--overload-duration", type=float, default=60.0)
+    p.add_argument("--soak-duration", type=float, default=600.0, help="0 skips the soak")
     p.add_argument("--out", type=Path, default=Path("reports/bench.json"))
     args = p.parse_args(argv)
     settings = GatewaySettings()
@@ -177,10 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     log = logs / "bench-stack.log"
     base = f"http://127.0.0.1:{port}"
     console.print(f"starting the stack (make serve) on {base}, log {log} ...")
-    stack = start_stack(settings, port, llm_port, log)
+    events_log = logs / f"bench-events-{port}.jsonl"
+    stack = start_stack(settings, port, llm_port, log, events_log)
     try:
         wait_ready(base, stack, log)
         scenarios, candidates = asyncio.run(gateway_scenarios(base, users, all_users, args))
+        scenarios.update(asyncio.run(pressure_scenarios(base, all_users, sorted(store.items), scenarios["hybrid"]["rps"], args, stack.pid, events_log)))
     finally:
         stop_process_group(stack, signal.SIGINT, grace_s=60)  # Ctrl-C: the stack stops vLLM itself
     console.print("baseline: vLLM without prefix caching, free-text answers ...")

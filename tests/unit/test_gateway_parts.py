@@ -334,3 +334,14 @@ def test_events_replayed_from_other_replicas_count_once_in_the_log_and_in_memory
     assert store.append("1", "7", 5.0, 10**10, "e1") is False
     assert len(log.read_text().splitlines()) == 2
     assert [e.item_id for e in store_of(dataset, tmp_path, log).history("1")].count("7") == 1
+
+
+def test_the_events_log_is_compacted_at_start_to_each_event_once(tmp_path):
+    dataset = synthetic_dataset(n_users=4, n_items=10, per_user=3)
+    log = tmp_path / "events.jsonl"
+    store_of(dataset, tmp_path, log).append_many([StoredEvent("1", "7", 5.0, 10**10, "e1"), StoredEvent("2", "8", 4.0, 10**10, "e2")])
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], lines[0], lines[1], lines[0]]) + "\n" + '{"user_id": "3", "ite')  # replayed twice, torn tail
+    restarted = store_of(dataset, tmp_path, log)
+    assert log.read_text().splitlines() == lines  # rewritten: each event once, the torn line gone
+    assert [e.item_id for e in restarted.history("1")].count("7") == 1

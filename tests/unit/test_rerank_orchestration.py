@@ -1,0 +1,143 @@
+"""The rerank use case driven with fakes, no Redis and no vLLM: the real RerankService and
+RankingEngine, the in-process cache, a scripted LLM. Each test is one orchestration rule."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from service.gateway.admission import LLMAdmission
+from service.gateway.cache import MemoryCache
+from service.gateway.errors import ApiError
+from service.gateway.history import HistoryCache, ScoreCache, history_fingerprint
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.reranker import RerankService
+from service.gateway.retrieval import EmbeddedRetriever
+from service.gateway.schemas import RerankRequest
+from service.gateway.settings import GatewaySettings
+from service.gateway.store import InteractionStore
+from service.ranking.engine import EngineConfig, RankingEngine
+from tests.conftest import synthetic_dataset
+from tests.fake_llm import healthy_logprobs
+from training.serving_export import write_serving_tables
+
+QUESTIONS = {"pointwise": "How would the user rate", "pairwise": "Would the user prefer", "listwise": "Rank"}
+
+
+class ScriptedLLM:
+    """Healthy answers, except for the tasks told to fail or to take longer than any deadline."""
+
+    def __init__(self, failing: tuple[str, ...] = (), hanging: tuple[str, ...] = (), delay_s: float = 0.0):
+        self.failing, self.hanging, self.delay_s = failing, hanging, delay_s
+        self.asked: list[str] = []
+
+    def _task(self, messages) -> str:
+        text = messages[-1]["content"]
+        return next((t for t, q in QUESTIONS.items() if q in text), "listwise")
+
+    async def next_token_logprobs(self, messages):
+        task = self._task(messages)
+        self.asked.append(task)
+        if task in self.failing:
+            raise ConnectionError("the LLM server refused the connection")
+        if task in self.hanging:
+            await asyncio.sleep(60)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return healthy_logprobs(messages[-1]["content"])
+
+    async def generate(self, messages, max_tokens: int = 16, **extra) -> str:
+        return "A, B, C, D, E"
+
+
+@pytest.fixture
+def parts(tmp_path):
+    dataset = synthetic_dataset(n_users=8, n_items=30, per_user=6)
+    store = InteractionStore.from_folder(write_serving_tables(dataset, tmp_path / "serving"))
+    rng = np.random.default_rng(0)
+    retriever = EmbeddedRetriever("random", rng.normal(size=(dataset.n_users, 4)), rng.normal(size=(dataset.n_items, 4)),
+                                  [u.user_id for u in dataset.users], [i.item_id for i in dataset.items])
+    return store, retriever
+
+
+def service_with(parts, llm, **settings) -> RerankService:
+    store, retriever = parts
+    cfg = GatewaySettings(_env_file=None, dataset="synthetic", default_deadline_ms=2000, **settings)
+    cache = MemoryCache()
+    return RerankService(settings=cfg, store=store, histories=HistoryCache(cache, store, "t", "synthetic", 60), scores=ScoreCache(cache, "t", "synthetic", 60),
+                         retriever=retriever, engine=RankingEngine(llm, EngineConfig()), metrics=GatewayMetrics(), model_name="m",
+                         admission=LLMAdmission(cfg.llm_slots, cfg.llm_max_waiting, initial_seconds=0.05))
+
+
+def rerank(service: RerankService, **body):
+    defaults = {"user_id": "1", "k": 6} | ({} if "candidates" in body else {"m": 6})
+    return asyncio.run(service.rerank(RerankRequest(**defaults | body), "rid"))
+
+
+def test_all_tasks_answered_give_a_full_non_degraded_answer(parts):
+    out = rerank(service_with(parts, ScriptedLLM()))
+    assert not out.degraded and out.tasks_used == ["listwise", "pairwise", "pointwise"] and len(out.results) == 6
+
+
+def test_a_task_past_the_deadline_is_dropped_and_the_rest_are_fused(parts):
+    out = rerank(service_with(parts, ScriptedLLM(hanging=("pairwise",))), deadline_ms=500)
+    assert out.degraded and out.degraded_reasons == ["llm_deadline"]
+    assert out.tasks_used == ["listwise", "pointwise"]
+
+
+def test_an_llm_error_drops_its_task_and_with_none_left_the_answer_is_the_backbone_order(parts):
+    out = rerank(service_with(parts, ScriptedLLM(failing=("pointwise", "pairwise", "listwise"))))
+    assert out.degraded and "llm_unavailable" in out.degraded_reasons and out.tasks_used == []
+    assert [r.index for r in out.results] == list(range(6))
+
+
+def test_a_partial_cache_hit_asks_the_llm_only_for_the_missing_task(parts):
+    llm = ScriptedLLM()
+    service = service_with(parts, llm)
+    rerank(service, tasks=["pointwise", "listwise"])
+    llm.asked.clear()
+    out = rerank(service, tasks=["pointwise", "listwise", "pairwise"])
+    assert set(llm.asked) == {"pairwise"}
+    assert out.cache["result"] == "partial" and not out.degraded
+
+
+def test_learned_fusion_without_a_fitted_model_falls_back_to_the_hybrid_and_says_so(parts):
+    out = rerank(service_with(parts, ScriptedLLM()), fusion="learned")
+    assert out.fusion == "hybrid" and out.degraded_reasons == ["learned_fusion_unavailable"]
+
+
+def test_requests_beyond_the_llm_slots_are_answered_at_once_as_overloaded(parts):
+    service = service_with(parts, ScriptedLLM(delay_s=0.3), llm_slots=1, llm_max_waiting=0)
+
+    async def two():
+        return await asyncio.gather(*(service.rerank(RerankRequest(user_id=u, m=4, k=4, tasks=["listwise"], use_cache=False), u) for u in ("1", "2")))
+
+    outs = asyncio.run(two())
+    assert sorted(o.degraded_reasons for o in outs) == [[], ["overloaded"]]
+
+
+def test_limits_are_domain_errors_with_a_code(parts):
+    with pytest.raises(ApiError) as err:
+        rerank(service_with(parts, ScriptedLLM()), k=10_000)
+    assert (err.value.status, err.value.code) == (422, "k_too_large")
+    with pytest.raises(ApiError) as err:
+        rerank(service_with(parts, ScriptedLLM()), user_id="nobody")
+    assert (err.value.status, err.value.code) == (404, "unknown_user")
+
+
+def test_a_cached_score_is_keyed_by_the_history_so_an_event_retires_it(parts):
+    llm = ScriptedLLM()
+    service = service_with(parts, llm)
+    store, _ = parts
+    same_list = {"tasks": ["listwise"], "candidates": ["0", "1", "2", "3"]}
+    rerank(service, **same_list)
+    llm.asked.clear()
+    rerank(service, **same_list)
+    assert llm.asked == []  # the same history and list: served from the cache
+    before = history_fingerprint(store.history("1"))
+    store.append("1", "29", 5.0, 10**10)
+    assert history_fingerprint(store.history("1")) != before
+    rerank(service, **same_list)
+    assert llm.asked == ["listwise"]  # asked again: the old score was not served for the new history
