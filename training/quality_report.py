@@ -102,6 +102,12 @@ def _reliability_table(reliability: dict | None) -> dict | None:
     return {k: {"pairwise_accuracy": v["pairwise_accuracy"], "listwise_hits_at_5": v["listwise_hits_at_5"]} for k, v in reliability.items()}
 
 
+def _target_verdict(gap: float, ci_low: float) -> str:
+    if gap <= 0:
+        return "met" if ci_low > 0 else f"{-gap:.4f} above it, but the interval's lower end {ci_low:+.4f} is not above 0"
+    return f"{gap:.4f} short"
+
+
 def quality_markdown(q: dict) -> str:
     lines = [f"# Reranking quality on {q['dataset']}: variants side by side", "",
              f"Test users: {q['users']['test']}, validation users: {q['users']['valid']}. Default variant (`make tune`): `{q['default']}`.", ""]
@@ -127,7 +133,7 @@ def quality_markdown(q: dict) -> str:
         if r["variant"] == q["default"] and r["method"] in ("hybrid", "learned"):
             base = next(x["NDCG@3"] for x in q["rows"] if x["variant"] == r["variant"] and x["backbone"] == r["backbone"] and x["m"] == r["m"] and x["method"] == "backbone")
             gap = (1 + TARGET_GAIN) * base - r["NDCG@3"]
-            lines.append(f"- {r['backbone']} m={r['m']} {r['method']}: {r['NDCG@3']:.4f} vs target {(1 + TARGET_GAIN) * base:.4f} ({'met' if gap <= 0 and r['ci_low'] > 0 else f'{gap:+.4f} short'}); MDE at 80% power {r['mde']:.4f}")
+            lines.append(f"- {r['backbone']} m={r['m']} {r['method']}: {r['NDCG@3']:.4f} vs target {(1 + TARGET_GAIN) * base:.4f} ({_target_verdict(gap, r['ci_low'])}); MDE at 80% power {r['mde']:.4f}")
     return "\n".join(lines) + "\n"
 
 
