@@ -168,6 +168,8 @@ def test_log_lines_are_json_with_the_request_id():
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("recranker.unit-test")
+    # Its own level: an app built earlier in the run may have set the "recranker" parent to ERROR.
+    logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
     token = request_id_var.set("req-42")
     try:
@@ -175,6 +177,7 @@ def test_log_lines_are_json_with_the_request_id():
     finally:
         request_id_var.reset(token)
         logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
     entry = json.loads(stream.getvalue())
     assert entry["request_id"] == "req-42" and entry["task"] == "pairwise" and entry["level"] == "warning"
 
