@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from service.llm.prompt_tokens import PromptEncoder
 from service.ranking.scoring import expected_rating, parse_listwise, yes_probability
+from service.ranking.tasks import TASKS
 from training.tune import encode_example
 
 TOP_LOGPROBS = 20
@@ -70,8 +71,8 @@ def evaluate_answers(model, tokenizer, rows: list[dict], batch_size: int = 8, ma
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    errors: dict[str, list[float]] = {"pointwise": [], "pairwise": [], "listwise": []}
-    invalid = {"pointwise": 0, "pairwise": 0, "listwise": 0}
+    errors: dict[str, list[float]] = {t: [] for t in TASKS}
+    invalid = dict.fromkeys(TASKS, 0)
     by_task = {t: [r for r in rows if r["task"] == t] for t in errors}
     bar = tqdm(total=len(rows), desc="score answers", disable=not progress, leave=False)
     for task, task_rows in by_task.items():

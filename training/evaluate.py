@@ -11,8 +11,9 @@ The non-LLM competitor `learned_no_llm` is LightGBM LambdaRank over the scores a
 backbones, training-period popularity, genre overlap and recency (`service.ranking.features`);
 `learned` adds the three LLM task utilities to the same features and falls back to
 `learned_no_llm` unless cross-validation on the validation users shows the LLM clearly helps.
-Each method's per-user NDCG@3 / HR@3 is compared, paired, with the backbone's and with
-`learned_no_llm`'s (`training.paired_stats`). Raw engine outputs are cached per model and
+Fitting and selection are `training.fusion_selection`'s; every fused order is `fuse`'s, the call
+the gateway serves. Each method's per-user HR@k / NDCG@k is compared, paired, with the backbone's
+and with `learned_no_llm`'s (`training.paired_stats`). Raw engine outputs are cached per model and
 backbone, so re-running only recomputes the report.
 """
 
@@ -39,21 +40,20 @@ from service.llm.prompt_tokens import PromptEncoder
 from service.llm.vllm_server import VLLMServer
 from service.ranking.engine import EngineConfig, RankingEngine, seed_for
 from service.ranking.features import CandidateContext, non_llm_features, rank_among
-from service.ranking.fusion import (
-    LearnedFusion,
-    LearnedFusionConfig,
-    UserGroup,
-    clearly_better,
-    feature_matrix,
-    fusion_model_path,
-    hybrid_scores,
-    rank_by,
-)
+from service.ranking.fusion import LearnedFusion, feature_matrix, fuse, fusion_model_path, rank_by
 from service.ranking.prompts import Candidate, PromptConfig
 from service.ranking.tasks import TASKS
 from training.backbone_artifacts import load_backbone
 from training.data import DataError, Split, leave_one_out, load_dataset, require_held_out_users
 from training.data.fingerprint import dataset_fingerprint
+from training.fusion_selection import (
+    LearnedFusionConfig,
+    UserGroup,
+    clearly_better,
+    cross_validate,
+    fit_learned_fusion,
+    select_hybrid_weights,
+)
 from training.instructions import user_profile
 from training.metrics import KS, hit_gains, hr_from_ranks, metrics_from_ranks, ndcg_from_ranks, ndcg_gains
 from training.paired_stats import paired_comparison
@@ -68,8 +68,6 @@ UNFITTED = ("backbone", *TASK_METHODS, "hybrid", "rank_mean_no_llm")  # scored o
 FEATURE_BACKBONES = ("mf", "lightgcn", "sasrec")
 REFERENCES = ("backbone", "learned_no_llm")  # what each method is compared with, paired
 GUARD_Z = 2.25
-# Weights searched for `hybrid_tuned` (the paper leaves them to us): each task and a backbone-rank prior.
-WEIGHT_GRID = {"pointwise": (0.0, 0.25, 0.5, 1.0), "pairwise": (0.0, 0.25, 0.5, 1.0), "listwise": (0.0, 0.25, 0.5, 1.0), "backbone": (0.0, 0.5, 1.0, 2.0, 4.0)}
 
 
 @dataclass(frozen=True)
@@ -143,7 +141,7 @@ async def _run_engine(engine: RankingEngine, split: Split, users: np.ndarray, st
             items = tops[stage][u][:m]
             cands = [Candidate(ds.items[i].title, backbone_rank=r + 1) for r, i in enumerate(items)]
             start = time.perf_counter()
-            result = await engine.rank(user_profile(split, u, set(), prompt_cfg), cands, seed=seed_for(ds.users[u].user_id))
+            result = await engine.score(user_profile(split, u, set(), prompt_cfg), cands, seed=seed_for(ds.users[u].user_id))
             bar.update(1)
             return Record(
                 user=int(u), stage=stage, m=m, items=[int(i) for i in items], target=int(split.target(stage)[u]),
@@ -177,8 +175,13 @@ def stage_records(cache: Path, run: Callable[[], Awaitable[list[Record]]] | None
     return records
 
 
-def features_of(split: Split, rec: Record, popularity: np.ndarray, stage_scores: dict[str, np.ndarray], with_llm: bool):
-    """The learned fusion's input for one user, through the builder the gateway runs."""
+def utilities_of(rec: Record) -> dict[str, np.ndarray]:
+    return {t: np.asarray(v) for t, v in rec.utilities.items()}
+
+
+def non_llm_inputs(split: Split, rec: Record, popularity: np.ndarray, stage_scores: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The learned fusion's non-LLM inputs for one user, (backbone scores, extra features), through
+    the builder the gateway runs (`non_llm_features`), with every feature backbone's scores."""
     ds = split.dataset
     ctx = CandidateContext(
         liked_genres=[ds.items[i].genres for i in split.history(rec.user, rec.stage)],
@@ -186,15 +189,13 @@ def features_of(split: Split, rec: Record, popularity: np.ndarray, stage_scores:
         candidate_popularity=popularity[rec.items],
         backbone_scores={name: scores[rec.user, rec.items] for name, scores in stage_scores.items()},
     )
-    u = {t: np.asarray(v) for t, v in rec.utilities.items()} if with_llm else {}
-    return feature_matrix(
-        rec.m,
-        pointwise=u.get("pointwise"),
-        pairwise=u.get("pairwise"),
-        listwise=u.get("listwise"),
-        backbone_scores=np.asarray(rec.backbone_scores),
-        extra=non_llm_features(ctx),
-    )
+    return np.asarray(rec.backbone_scores), non_llm_features(ctx)
+
+
+def features_of(split: Split, rec: Record, popularity: np.ndarray, stage_scores: dict[str, np.ndarray], with_llm: bool):
+    """The learned fusion's input for one user, as `fuse` builds it (for fitting)."""
+    scores, extra = non_llm_inputs(split, rec, popularity, stage_scores)
+    return feature_matrix(rec.m, utilities_of(rec) if with_llm else None, backbone_scores=scores, extra=extra)
 
 
 def rank_mean_order(rec: Record, stage_scores: dict[str, np.ndarray]) -> list[int]:
@@ -204,42 +205,31 @@ def rank_mean_order(rec: Record, stage_scores: dict[str, np.ndarray]) -> list[in
 
 
 def method_orders(rec: Record, stage_scores: dict[str, np.ndarray]) -> dict[str, list[int]]:
-    """Orders of the methods that need nothing fitted (candidate indices, best first)."""
-    util = {t: np.asarray(v) for t, v in rec.utilities.items()}
+    """Orders of the methods that need nothing fitted (candidate indices, best first): each task
+    alone (the backbone order when it did not answer) and the equal-weight hybrid."""
+    util = utilities_of(rec)
     backbone = list(range(rec.m))
     out = {"backbone": backbone}
     for task in TASK_METHODS:
         out[task] = rank_by(util[task]) if task in util else backbone
-    out["hybrid"] = rank_by(hybrid_scores(util)) if util else backbone
+    out["hybrid"] = fuse(rec.m, util).order
     if stage_scores:
         out["rank_mean_no_llm"] = rank_mean_order(rec, stage_scores)
     return out
 
 
-def utilities_with_backbone(rec: Record) -> dict[str, np.ndarray]:
-    util = {t: np.asarray(v) for t, v in rec.utilities.items()}
-    util["backbone"] = np.arange(rec.m, 0, -1, dtype=float)  # m - backbone rank: the rank prior
-    return util
-
-
-def select_hybrid_weights(records: list[Record], k: int = 3) -> dict[str, float]:
-    """Grid-search the hybrid's weights (tasks + backbone prior) for NDCG@k on validation users.
-    Ties go to the larger backbone weight, i.e. the more conservative ranking."""
-    import itertools
-
-    best, best_key = None, None
-    names = list(WEIGHT_GRID)
-    utils = [utilities_with_backbone(r) for r in records]
-    for combo in itertools.product(*(WEIGHT_GRID[n] for n in names)):
-        weights = dict(zip(names, combo))
-        if not any(weights.values()):
-            continue
-        ranks = [target_rank(rank_by(hybrid_scores(util, weights)), rec) for rec, util in zip(records, utils)]
-        total = float(ndcg_gains(np.asarray(ranks), k).sum())
-        key = (round(total, 9), weights["backbone"])
-        if best_key is None or key > best_key:
-            best, best_key = weights, key
-    return best
+def fitted_orders(split: Split, rec: Record, popularity: np.ndarray, stage_scores: dict[str, np.ndarray], fitted: dict[str, LearnedFusion],
+                  uses_llm: bool, tuned_weights: dict[str, float]) -> dict[str, list[int]]:
+    """Orders of the methods fitted on the validation users, through `fuse` as the gateway serves
+    them; `learned` is `learned_no_llm` unless it kept the LLM features."""
+    util = utilities_of(rec)
+    scores, extra = non_llm_inputs(split, rec, popularity, stage_scores)
+    no_llm = fuse(rec.m, {}, learned=fitted["learned_no_llm"], backbone_scores=scores, extra=extra).order
+    return {
+        "hybrid_tuned": fuse(rec.m, util, weights=tuned_weights).order,
+        "learned_no_llm": no_llm,
+        "learned": fuse(rec.m, util, learned=fitted["learned"], backbone_scores=scores, extra=extra).order if uses_llm else no_llm,
+    }
 
 
 def relevant_index(rec: Record) -> int | None:
@@ -260,28 +250,10 @@ def metric_rows(ranks: dict[str, np.ndarray], hit: np.ndarray, m: int) -> list[d
     return rows
 
 
-def bootstrap_differences(ranks: dict[str, np.ndarray], m: int, n: int, seed: int) -> list[dict]:
-    """95% bootstrap intervals (over users) of each method's metric minus the backbone's."""
-    rng = np.random.default_rng(seed)
-    base = ranks["backbone"]
-    idx = rng.integers(0, len(base), size=(n, len(base)))
-
-    per_user = {"HR": hit_gains, "NDCG": ndcg_gains}
-    out = []
-    for method, r in ranks.items():
-        if method == "backbone":
-            continue
-        for kind in ("HR", "NDCG"):
-            for k in KS:
-                diff = per_user[kind](r, k) - per_user[kind](base, k)
-                means = diff[idx].mean(axis=1)
-                out.append({"method": method, "m": m, "metric": f"{kind}@{k}", "diff": float(diff.mean()), "low": float(np.percentile(means, 2.5)), "high": float(np.percentile(means, 97.5))})
-    return out
-
-
-def paired_rows(ranks: dict[str, np.ndarray], m: int, n_boot: int, seed: int, k: int = 3) -> list[dict]:
-    """Each method against each reference, on the same users: NDCG@k and HR@k differences with
-    bootstrap intervals, paired t-test p-values and the minimal detectable effect."""
+def paired_rows(ranks: dict[str, np.ndarray], m: int, n_boot: int, seed: int, ks: tuple[int, ...] = KS) -> list[dict]:
+    """Each method against each reference, on the same users: NDCG@k and HR@k differences for every
+    k with bootstrap intervals, paired t-test p-values and the minimal detectable effect
+    (`paired_comparison`, the report's one bootstrap)."""
     out = []
     for ref in REFERENCES:
         if ref not in ranks:
@@ -289,9 +261,10 @@ def paired_rows(ranks: dict[str, np.ndarray], m: int, n_boot: int, seed: int, k:
         for method, r in ranks.items():
             if method == ref:
                 continue
-            for kind, gains in (("NDCG", ndcg_gains), ("HR", hit_gains)):
-                cmp = paired_comparison(gains(r, k), gains(ranks[ref], k), n_boot=n_boot, seed=seed)
-                out.append({"method": method, "m": m, "metric": f"{kind}@{k}", "vs": ref, **cmp})
+            for k in ks:
+                for kind, gains in (("NDCG", ndcg_gains), ("HR", hit_gains)):
+                    cmp = paired_comparison(gains(r, k), gains(ranks[ref], k), n_boot=n_boot, seed=seed)
+                    out.append({"method": method, "m": m, "metric": f"{kind}@{k}", "vs": ref, **cmp})
     return out
 
 
@@ -326,8 +299,8 @@ def fit_fusions(split: Split, valid: list[Record], popularity: np.ndarray, score
     fitted, cv, per_user = {}, {}, {}
     for name, with_llm in (("learned_no_llm", False), ("learned", True)):
         groups = [UserGroup.with_relevant(features_of(split, r, popularity, scores, with_llm), relevant_index(r)) for r in valid]
-        report, per_user[name] = LearnedFusion(config).cross_validated_per_user(groups, folds=5, k=3)
-        fitted[name] = LearnedFusion(config).fit(groups)
+        report, per_user[name] = cross_validate(groups, config, folds=5, k=3)
+        fitted[name] = fit_learned_fusion(groups, config)
         cv[name] = asdict(report) | {"fallback": fitted[name].fallback_}
     keeps_llm = clearly_better(per_user["learned"]["guarded"], per_user["learned_no_llm"]["guarded"], GUARD_Z)
     cv["learned"]["uses_llm_features"] = bool(keeps_llm)
@@ -346,7 +319,7 @@ def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: st
     popularity = np.bincount(liked_items, minlength=split.n_items).astype(float)
     stage_users = {"test": sample_users(split, req.test_users, req.seed), "valid": sample_users(split, req.valid_users, req.seed + 1)}
     cache_dir = engine_cache_dir(paths, ds.name, run_key)
-    report: dict = {"rows": [], "bootstrap": [], "paired": [], "validation": {}, "cv": {}, "moves": {}, "llm": {}, "fusion_models": {},
+    report: dict = {"rows": [], "paired": [], "validation": {}, "cv": {}, "moves": {}, "llm": {}, "fusion_models": {},
                     "users": {stage: int(len(u)) for stage, u in stage_users.items()}, "feature_backbones": list(names)}
     for m in req.ms:
         records: dict[str, list[Record]] = {}
@@ -367,21 +340,17 @@ def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: st
             report["fusion_models"][f"{name}_m{m}"] = str(path)
             report["cv"][f"{name}_m{m}"] = cv[name]
         uses_llm = cv["learned"]["uses_llm_features"]
-        tuned_weights = select_hybrid_weights(records["valid"], k=3)
+        tuned_weights = select_hybrid_weights([(r.m, utilities_of(r), relevant_index(r)) for r in records["valid"]], k=3)
         report.setdefault("hybrid_tuned_weights", {})[f"m{m}"] = tuned_weights
         test = records["test"]
         ranks: dict[str, list[int]] = {method: [] for method in METHODS}
         for rec in test:
-            for method, order in method_orders(rec, scores["test"]).items():
+            orders = method_orders(rec, scores["test"]) | fitted_orders(split, rec, popularity, scores["test"], fitted, uses_llm, tuned_weights)
+            for method, order in orders.items():
                 ranks[method].append(target_rank(order, rec))
-            ranks["hybrid_tuned"].append(target_rank(rank_by(hybrid_scores(utilities_with_backbone(rec), tuned_weights)), rec))
-            no_llm = target_rank(fitted["learned_no_llm"].rank(features_of(split, rec, popularity, scores["test"], False)), rec)
-            ranks["learned_no_llm"].append(no_llm)
-            ranks["learned"].append(target_rank(fitted["learned"].rank(features_of(split, rec, popularity, scores["test"], True)), rec) if uses_llm else no_llm)
         arrays = {k: np.asarray(v) for k, v in ranks.items()}
         hit = arrays["backbone"] >= 0
         report["rows"] += metric_rows(arrays, hit, m)
-        report["bootstrap"] += bootstrap_differences(arrays, m, req.bootstrap, req.seed)
         report["paired"] += paired_rows(arrays, m, req.bootstrap, req.seed)
         report["moves"][f"m{m}"] = moves(arrays, k=3)
         report["llm"][f"m{m}"] = {

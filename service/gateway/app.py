@@ -49,6 +49,7 @@ from service.gateway.settings import GatewaySettings
 from service.gateway.store import EventsLogError, InteractionStore
 from service.llm.client import LLMSettings, VLLMClient
 from service.ranking.engine import EngineConfig, RankingEngine
+from service.ranking.fusion import FusionModelError
 from service.ranking.prompts import PromptConfig
 
 log = logging.getLogger("recranker.gateway")
@@ -86,7 +87,8 @@ def build_components(settings: GatewaySettings) -> Components:
         raise StartupError(f"{settings.backbone_dir}: no exported backbone; run `python -m training backbone --name {settings.backbone}` (or `make tune`)")
     try:
         store = InteractionStore.from_folder(settings.serving_dir, settings.resolved_events_log)
-    except (ServingTablesError, EventsLogError) as exc:
+        learned = load_learned_fusions(settings.resolved_model_dir, settings.backbone)
+    except (ServingTablesError, EventsLogError, FusionModelError) as exc:
         raise StartupError(str(exc)) from None
     embedded = EmbeddedRetriever.from_artifacts(settings.backbone_dir, settings.serving_dir) if (settings.backbone_dir / "item_vectors.npy").is_file() else None
     if settings.retrieval == "remote":
@@ -106,10 +108,10 @@ def build_components(settings: GatewaySettings) -> Components:
     llm = VLLMClient.for_model(LLMSettings(base_url=settings.llm_url, model=settings.llm_model, timeout_s=settings.llm_timeout_s,
                                            max_concurrency=settings.llm_max_concurrency, max_connections=settings.llm_max_concurrency),
                                model_dir, prompt_cfg.token_block)
-    engine = RankingEngine(llm, EngineConfig(prompt=prompt_cfg, weights=dict(settings.hybrid_weights)))
+    engine = RankingEngine(llm, EngineConfig(prompt=prompt_cfg))
     service = RerankService(
         settings=settings, store=store, histories=histories, scores=scores, retriever=retriever, engine=engine,
-        metrics=GatewayMetrics(), model_name=settings.llm_model, learned=load_learned_fusions(model_dir, settings.backbone),
+        metrics=GatewayMetrics(), model_name=settings.llm_model, learned=learned,
         admission=LLMAdmission(settings.llm_slots, settings.llm_max_waiting),
     )
     events = EventBus(settings.redis_url, settings.cache_prefix, settings.dataset, store, histories) if isinstance(cache, RedisCache) else None

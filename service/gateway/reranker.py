@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from service.gateway.settings import GatewaySettings
 from service.gateway.store import InteractionStore, UnknownItems
 from service.ranking.engine import RankingEngine, seed_for
 from service.ranking.features import CandidateContext, non_llm_features
-from service.ranking.fusion import FusionFeatures, LearnedFusion, feature_matrix, fusion_model_path, hybrid_scores, rank_by
+from service.ranking.fusion import Fused, LearnedFusion, feature_matrix, fuse, fusion_model_path
 from service.ranking.profile import build_profile
 from service.ranking.prompts import Candidate
 
@@ -43,22 +44,21 @@ log = logging.getLogger("recranker.rerank")
 FUSION_RESERVE_S = 0.005  # kept back from the LLM's share of the deadline for fusion and the reply
 
 
-def fusion_features(m: int, utilities: dict[str, np.ndarray], backbone: str, backbone_scores: list[float] | None, ctx: CandidateContext) -> FusionFeatures:
-    """The learned fusion's input as the gateway can build it: its own backbone's scores only."""
-    scores = None if backbone_scores is None else np.asarray(backbone_scores, dtype=float)
-    ctx = replace(ctx, backbone_scores={backbone: scores} if scores is not None else {backbone: np.full(m, np.nan)})
-    return feature_matrix(
-        m, pointwise=utilities.get("pointwise"), pairwise=utilities.get("pairwise"), listwise=utilities.get("listwise"),
-        backbone_scores=scores, extra=non_llm_features(ctx),
-    )
+def non_llm_inputs(m: int, backbone: str, backbone_scores: Sequence[float] | None, ctx: CandidateContext) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The learned fusion's non-LLM inputs as the gateway can build them, (backbone scores, extra
+    features) for `fuse`: its own backbone's scores only, NaN where it cannot score the candidates."""
+    scores = np.full(m, np.nan) if backbone_scores is None else np.asarray(backbone_scores, dtype=float)
+    return scores, non_llm_features(replace(ctx, backbone_scores={backbone: scores}))
 
 
 def load_learned_fusions(model_dir: Path, backbone: str) -> dict[int, LearnedFusion]:
     """{m: model} of the fusions with LLM features that `make eval` saved in <model_dir>/fusion
     (`fusion_model_path`). A model fitted on features the gateway cannot build (other backbones'
-    scores) is skipped with a warning: requests for it then degrade to the hybrid."""
+    scores) is skipped with a warning: requests for it then degrade to the hybrid. A file this
+    release cannot read raises `FusionModelError`, naming it."""
     folder = model_dir / "fusion"
-    servable = fusion_features(1, {}, backbone, [0.0], CandidateContext([], [()], [0])).names
+    scores, extra = non_llm_inputs(1, backbone, [0.0], CandidateContext([], [()], [0]))
+    servable = feature_matrix(1, backbone_scores=scores, extra=extra).names
     out = {}
     for path in sorted(folder.glob(f"{backbone}-m*.lgb")):
         match = re.fullmatch(rf"{re.escape(backbone)}-m(\d+)-.*\.lgb", path.name)
@@ -125,10 +125,9 @@ class RerankService:
         catalog = [self.store.items[i] for i in item_ids]
         utilities, repaired = await self._task_utilities(req, tasks, history, catalog, budget_s, trace)
         t = time.perf_counter()
-        fused, fusion_used = self._fuse(req, utilities, history, catalog, backbone_scores, trace)
-        order = rank_by(fused)
+        fused = self._fuse(req, utilities, history, catalog, backbone_scores, trace)
         self._stage(trace, "fusion", time.perf_counter() - t)
-        return self._respond(req, request_id, item_ids, fused, order[:k], utilities, repaired, fusion_used, trace)
+        return self._respond(req, request_id, item_ids, fused, k, utilities, repaired, trace)
 
     def _check(self, req: RerankRequest) -> tuple[int, float, list[str]]:
         """The request against the limits and the catalogue: (k, budget in seconds, tasks)."""
@@ -187,50 +186,45 @@ class RerankService:
             raise ApiError(422, "no_candidates", "the backbone returned no candidates for this user")
         return item_ids, backbone_scores
 
-    def _fuse(self, req: RerankRequest, utilities, history, catalog, backbone_scores, trace: RequestTrace) -> tuple[np.ndarray, str]:
-        """Fused scores (non-finite ones last) and the fusion that made them."""
-        m = len(catalog)
-        if req.fusion == "learned" and self.learned:
-            model = self.learned[min(self.learned, key=lambda mm: (abs(mm - m), mm))]
-            liked = [e.genres for e in history if e.rating >= self.store.liked_at_least]
-            ctx = CandidateContext(liked, [c.genres for c in catalog], [self.store.popularity.get(c.item_id, 0) for c in catalog])
-            fused, used = model.predict(fusion_features(m, utilities, self.settings.backbone, backbone_scores, ctx)), "learned"
-        else:
-            if req.fusion == "learned":
-                trace.degrade("learned_fusion_unavailable")
-            used = "hybrid" if req.fusion == "learned" else req.fusion
-            if utilities:
-                fused = hybrid_scores(utilities, {t_: w for t_, w in self.settings.hybrid_weights.items() if t_ in utilities})
-            else:
-                fused = np.arange(m, 0, -1, dtype=float)  # the backbone order
-        return np.where(np.isfinite(fused), fused, -math.inf), used
+    def _learned_for(self, m: int) -> LearnedFusion | None:
+        """The fitted fusion of the nearest list length (the smaller one on a tie), if any."""
+        return self.learned[min(self.learned, key=lambda mm: (abs(mm - m), mm))] if self.learned else None
 
-    def _respond(self, req, request_id, item_ids, fused, top, utilities, repaired, fusion_used, trace: RequestTrace) -> RerankResponse:
-        finite = fused[np.isfinite(fused)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        results = []
-        for idx in top:
-            value = float(fused[idx])
-            rel = 0.0 if not math.isfinite(value) else (1.0 if hi == lo else (value - lo) / (hi - lo))
-            results.append(RerankResult(
-                item_id=item_ids[idx], index=idx, relevance_score=round(rel, 6), backbone_rank=idx + 1,
-                scores={t_: round(float(u[idx]), 6) for t_, u in utilities.items()},
-            ))
+    def _fuse(self, req: RerankRequest, utilities, history, catalog, backbone_scores, trace: RequestTrace) -> Fused:
+        """The requested fusion over the tasks that answered; the hybrid when no learned model is loaded."""
+        m = len(catalog)
+        model = self._learned_for(m) if req.fusion == "learned" else None
+        if req.fusion == "learned" and model is None:
+            trace.degrade("learned_fusion_unavailable")
+        if model is None:
+            return fuse(m, utilities, weights=self.settings.hybrid_weights)
+        liked = [e.genres for e in history if e.rating >= self.store.liked_at_least]
+        ctx = CandidateContext(liked, [c.genres for c in catalog], [self.store.popularity.get(c.item_id, 0) for c in catalog])
+        scores, extra = non_llm_inputs(m, self.settings.backbone, backbone_scores, ctx)
+        return fuse(m, utilities, learned=model, backbone_scores=scores, extra=extra)
+
+    def _respond(self, req, request_id, item_ids, fused: Fused, k: int, utilities, repaired, trace: RequestTrace) -> RerankResponse:
+        relevance = fused.relevance
+        results = [
+            RerankResult(item_id=item_ids[idx], index=idx, relevance_score=round(float(relevance[idx]), 6), backbone_rank=idx + 1,
+                         scores={t_: round(float(u[idx]), 6) for t_, u in utilities.items()})
+            for idx in fused.order[:k]
+        ]
         for reason in trace.reasons:
             self.metrics.degraded.labels(reason).inc()
         trace.timings["total"] = round(trace.elapsed() * 1000, 3)
         return RerankResponse(
-            request_id=request_id, user_id=req.user_id, model=self.model_name, fusion=fusion_used, results=results,
+            request_id=request_id, user_id=req.user_id, model=self.model_name, fusion=fused.method, results=results,
             tasks_used=sorted(utilities), degraded=bool(trace.reasons), degraded_reasons=trace.reasons,
             repaired_answers=repaired, cache=trace.cache, timings_ms=trace.timings,
         )
 
-    async def _rank_admitted(self, profile, candidates, tasks, budget_s: float, user_id: str):
+    async def _score_admitted(self, profile, candidates, tasks, budget_s: float, user_id: str):
         if self.admission is None:
-            return await self.engine.rank(profile, candidates, tasks=tasks, deadline_s=budget_s, seed=seed_for(user_id))
+            return await self.engine.score(profile, candidates, tasks=tasks, deadline_s=budget_s, seed=seed_for(user_id))
         async with self.admission.slot(budget_s) as left_s:
             t = time.perf_counter()
-            result = await self.engine.rank(profile, candidates, tasks=tasks, deadline_s=left_s, seed=seed_for(user_id))
+            result = await self.engine.score(profile, candidates, tasks=tasks, deadline_s=left_s, seed=seed_for(user_id))
             self.admission.record(time.perf_counter() - t)
             return result
 
@@ -272,7 +266,7 @@ class RerankService:
         profile = build_profile(history, self.store.liked_at_least, self.store.disliked_at_most, self.store.demographics(req.user_id))
         candidates = [Candidate(c.title, backbone_rank=i + 1) for i, c in enumerate(catalog)]
         try:
-            result = await self._rank_admitted(profile, candidates, missing, remaining, req.user_id)
+            result = await self._score_admitted(profile, candidates, missing, remaining, req.user_id)
         except Overloaded as exc:
             if self.settings.overload_response == "reject":
                 raise ApiError(429, "overloaded", "the LLM is at capacity; retry", {"retry_after_s": round(exc.retry_after_s, 3)},

@@ -35,7 +35,7 @@ class RerankResponse(BaseModel):
     request_id: str
     user_id: str
     model: str
-    fusion: str
+    fusion: str = Field(description="what ranked the results: hybrid, learned, or backbone (no task answered: the candidates' order)")
     results: list[RerankResult]
     tasks_used: list[str]
     degraded: bool

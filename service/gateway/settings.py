@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.ranking.fusion import BACKBONE, DEFAULT_WEIGHTS
 from service.ranking.tasks import TASKS, TaskName
 
 
@@ -70,7 +71,9 @@ class GatewaySettings(BaseSettings):
     # History lengths in the prompts; default the model manifest's (what the model was tuned with).
     prompt_max_liked: int | None = None
     prompt_max_disliked: int | None = None
-    hybrid_weights: dict[str, float] = Field(default_factory=lambda: {"pointwise": 1 / 3, "pairwise": 1 / 3, "listwise": 1 / 3})
+    # The hybrid fusion's weight per task (each task needs one) and optionally "backbone", a prior
+    # for the backbone's order (service/ranking/fusion.py::hybrid_scores).
+    hybrid_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()  # comma-separated; empty = no auth
 
     log_level: str = "INFO"
@@ -82,6 +85,15 @@ class GatewaySettings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator("hybrid_weights")
+    @classmethod
+    def _weights_for_every_task(cls, value: dict[str, float]) -> dict[str, float]:
+        if unknown := set(value) - {*TASKS, BACKBONE}:
+            raise ValueError(f"weights for {sorted(unknown)}: neither a task {TASKS} nor {BACKBONE!r}")
+        if missing := [t for t in TASKS if t not in value]:
+            raise ValueError(f"no weight for the tasks {missing}")
         return value
 
     @property

@@ -1,4 +1,4 @@
-"""The ranking engine: score one user's backbone candidates with the three LLM tasks and fuse them.
+"""The ranking engine: score one user's backbone candidates with the LLM tasks.
 
 All prompts of a request go out at once (asyncio.gather) and share the user's prompt prefix, so the
 serving engine's prefix cache computes it once. Every task has to finish within the request's
@@ -7,7 +7,9 @@ Individual malformed answers are repaired (missing items keep backbone order) an
 silently neutral: `TaskOutcome.invalid_answers` counts the prompts whose answer was off the answer
 format or carried a non-finite log-probability, one per prompt in every task, so a caller can judge a
 task's answers as a whole (`invalid_share`); the gateway drops a task above its allowed share. The
-engine knows the LLM only through the small `LLM` protocol below.
+engine knows the LLM only through the small `LLM` protocol below. It returns task utilities, not a
+ranking: its callers add cached utilities and drop tasks by their own rules, then rank with
+`fusion.fuse`, the one fusion.
 """
 
 from __future__ import annotations
@@ -23,17 +25,10 @@ from typing import Protocol
 
 import numpy as np
 
-from service.ranking.fusion import (
-    DEFAULT_WEIGHTS,
-    hybrid_scores,
-    listwise_utility,
-    pairwise_utility,
-    pointwise_utility,
-    rank_by,
-)
 from service.ranking.prompts import Candidate, Prompt, PromptConfig, UserProfile, listwise_prompt, pairwise_prompt, pointwise_prompt
 from service.ranking.scoring import TaskScore, expected_rating, finite_logprobs, letter_probabilities, parse_listwise, yes_probability
 from service.ranking.tasks import LISTWISE, PAIRWISE, POINTWISE, TASKS
+from service.ranking.utilities import listwise_utility, pairwise_utility, pointwise_utility
 
 
 class LLM(Protocol):
@@ -47,8 +42,6 @@ class LLM(Protocol):
 @dataclass(frozen=True)
 class EngineConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
-    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    soft_pairwise: bool = False
     # "logprobs": one token, utility = P(first answer letter = candidate) renormalised over the
     # candidates' letters; "generate": the full answer, parsed, utility m - position.
     listwise_mode: str = "logprobs"
@@ -78,9 +71,7 @@ def _usable(score: TaskScore) -> float | None:
 
 @dataclass
 class EngineResult:
-    order: list[int]  # candidate indices, best first
-    scores: np.ndarray  # fused score per candidate (backbone order when every task was dropped)
-    outcomes: dict[str, TaskOutcome]
+    outcomes: dict[str, TaskOutcome]  # one per task asked for, dropped ones included
 
     @property
     def utilities(self) -> dict[str, np.ndarray]:
@@ -104,7 +95,7 @@ def pair_asks(m: int, seed: int) -> list[tuple[int, int]]:
 
 
 def task_prompts(task: str, user: UserProfile, cands: Sequence[Candidate], cfg: PromptConfig, seed: int = 0) -> list[Prompt]:
-    """The prompts `RankingEngine.rank` sends for one task, in its order (the probes and token
+    """The prompts `RankingEngine.score` sends for one task, in its order (the probes and token
     counts use them too, so they measure what the engine sends)."""
     if task == POINTWISE:
         return [pointwise_prompt(user, c, cfg, n_candidates=len(cands)) for c in cands]
@@ -152,7 +143,7 @@ class RankingEngine:
         answers = await self._logprobs_of(prompts)
         probs = {(i, j): _usable(yes_probability(lp)) for (i, j), lp in zip(asks, answers, strict=True)}
         results = [(a, b, probs[(a, b)], probs[(b, a)]) for a, b in pairs]
-        util = pairwise_utility(len(cands), results, soft=self.config.soft_pairwise)
+        util = pairwise_utility(len(cands), results)
         # counted per prompt (each order of a pair is one), not per pair as util.n_invalid does
         out.utility, out.invalid_answers = util.values, sum(p is None for p in probs.values())
         out.detail = {"pairs": [[a, b, pa, pb] for a, b, pa, pb in results], "disagreements": util.n_disagree, "invalid_pairs": util.n_invalid}
@@ -180,7 +171,7 @@ class RankingEngine:
         out.invalid_answers = int(not parsed.well_formed)
         out.detail = {"answer": text[:80], "ranked": ranked}
 
-    async def rank(
+    async def score(
         self,
         user: UserProfile,
         candidates: Sequence[Candidate],
@@ -188,10 +179,9 @@ class RankingEngine:
         tasks: Sequence[str] = TASKS,
         deadline_s: float | None = None,
         seed: int = 0,
-        weights: dict[str, float] | None = None,
     ) -> EngineResult:
-        """Candidates must be in backbone order (index 0 = the backbone's best)."""
-        m = len(candidates)
+        """Each task's utilities over the candidates, which must be in backbone order (index 0 =
+        the backbone's best); a task late or failing has none and says why (`TaskOutcome.error`)."""
         outcomes = {t: TaskOutcome(task=t) for t in tasks}
         runners = {
             POINTWISE: lambda o: self._pointwise(user, candidates, o),
@@ -218,10 +208,4 @@ class RankingEngine:
                 out.error, out.utility = "deadline", None
             elif job.exception() is not None:
                 out.error, out.utility = f"{type(job.exception()).__name__}: {job.exception()}", None
-        utilities = {t: o.utility for t, o in outcomes.items() if o.utility is not None}
-        if utilities:
-            scores = hybrid_scores(utilities, {t: w for t, w in (weights or self.config.weights).items() if t in utilities})
-        else:
-            scores = np.asarray([m - i for i in range(m)], dtype=float)  # backbone order
-        scores = np.where(np.isfinite(scores), scores, -math.inf)
-        return EngineResult(order=rank_by(scores), scores=scores, outcomes=outcomes)
+        return EngineResult(outcomes=outcomes)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.ranking.fusion import rank_by
+
 RECENT_LIKES = 5  # the likes "recent_genre_overlap" reads
 
 
@@ -36,11 +38,10 @@ def genre_overlap(liked_genres: Sequence[Sequence[str]], candidate_genres: Seque
 
 
 def rank_among(scores: Sequence[float]) -> np.ndarray:
-    """0-based rank of each candidate by score, best first (ties and NaN keep list order)."""
-    s = np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf)
-    order = np.argsort(-s, kind="stable")
-    ranks = np.empty(len(s), dtype=float)
-    ranks[order] = np.arange(len(s))
+    """0-based rank of each candidate by score, best first, in `rank_by`'s order (ties keep list
+    order, NaN last)."""
+    ranks = np.empty(len(scores), dtype=float)
+    ranks[rank_by(scores)] = np.arange(len(scores))
     return ranks
 
 

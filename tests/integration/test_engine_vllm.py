@@ -9,6 +9,7 @@ import pytest
 
 from service.llm.client import LLMSettings, VLLMClient
 from service.ranking.engine import EngineConfig, RankingEngine
+from service.ranking.fusion import fuse
 from service.ranking.prompts import Candidate, PromptConfig, RatedItem, UserProfile
 
 USER = UserProfile(
@@ -23,16 +24,16 @@ CANDS = [Candidate(t, backbone_rank=i + 1) for i, t in enumerate(
 )]
 
 
-async def _rank(server, config: EngineConfig, **kw):
+async def _score(server, config: EngineConfig, **kw):
     client = VLLMClient(LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=120))
     try:
-        return await RankingEngine(client, config).rank(USER, CANDS, seed=7, **kw)
+        return await RankingEngine(client, config).score(USER, CANDS, seed=7, **kw)
     finally:
         await client.aclose()
 
 
 def test_all_three_task_scores_come_from_logprobs(vllm_tiny):
-    result = asyncio.run(_rank(vllm_tiny, EngineConfig(prompt=PromptConfig(max_liked=10, max_disliked=3))))
+    result = asyncio.run(_score(vllm_tiny, EngineConfig(prompt=PromptConfig(max_liked=10, max_disliked=3))))
     assert result.dropped == {}
     point, pair, lst = (result.outcomes[t] for t in ("pointwise", "pairwise", "listwise"))
     assert point.prompts == 10 and pair.prompts == 10 and lst.prompts == 1
@@ -42,18 +43,19 @@ def test_all_three_task_scores_come_from_logprobs(vllm_tiny):
     assert any(abs(r - round(r)) > 1e-3 for r in ratings)
     assert all(p is None or 0.0 <= p <= 1.0 for _, _, pa, pb in pair.detail["pairs"] for p in (pa, pb))
     assert 0.0 < lst.detail["letter_mass"] <= 1.0 + 1e-6
-    assert sorted(result.order) == list(range(10))
+    assert sorted(fuse(10, result.utilities).order) == list(range(10))
 
 
 def test_malformed_listwise_answer_is_repaired_and_counted(vllm_tiny):
     # One generated token cannot hold five letters: the answer is malformed by construction.
     config = EngineConfig(listwise_mode="generate", listwise_max_tokens=1)
-    result = asyncio.run(_rank(vllm_tiny, config, tasks=["listwise"]))
+    result = asyncio.run(_score(vllm_tiny, config, tasks=["listwise"]))
     lst = result.outcomes["listwise"]
     assert lst.error is None and lst.invalid_answers == 1
-    assert sorted(result.order) == list(range(10))
+    order = fuse(10, result.utilities).order
+    assert sorted(order) == list(range(10))
     named = [i for i in range(10) if lst.utility[i] > 0]
-    assert result.order[len(named):] == sorted(result.order[len(named):])  # the rest keep backbone order
+    assert order[len(named):] == sorted(order[len(named):])  # the rest keep backbone order
 
 
 def test_one_request_per_task_sends_the_chat_endpoints_tokens_and_gets_the_same_answers(vllm_tiny, tiny_export):

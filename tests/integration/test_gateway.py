@@ -14,7 +14,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.gateway.app import create_app
-from service.gateway.history import SCHEMA
+from service.gateway.history import namespace
 from service.gateway.settings import GatewaySettings
 from service.llm.vllm_server import free_port
 from tests.conftest import CACHE
@@ -92,7 +92,7 @@ def test_the_second_identical_call_is_served_from_the_cache(live):
     assert not any(k.startswith("llm_") for k in second["timings_ms"])  # no LLM call at all
     assert [r["item_id"] for r in second["results"]] == [r["item_id"] for r in first["results"]]
     assert metric_value(client, "recranker_cache_requests_total", cache="result", result="hit") == hits_before + 3
-    assert redis.Redis.from_url(settings.redis_url).exists(f"{settings.cache_prefix}:v{SCHEMA}:ml-100k:history:{OTHER_USER}")
+    assert redis.Redis.from_url(settings.redis_url).exists(f"{namespace(settings.cache_prefix, settings.dataset)}:history:{OTHER_USER}")
 
 
 def test_an_event_invalidates_the_cached_history_and_scores(live):
@@ -103,7 +103,7 @@ def test_an_event_invalidates_the_cached_history_and_scores(live):
     watched = before["results"][0]["item_id"]  # the user now rates the top candidate
     resp = client.post("/events", json={"events": [{"user_id": user, "item_id": watched, "rating": 5}]})
     assert resp.status_code == 200 and resp.json()["invalidated_users"] == [user]
-    assert not redis.Redis.from_url(settings.redis_url).exists(f"{settings.cache_prefix}:v{SCHEMA}:ml-100k:history:{user}")
+    assert not redis.Redis.from_url(settings.redis_url).exists(f"{namespace(settings.cache_prefix, settings.dataset)}:history:{user}")
     after = client.post("/rerank", json={"user_id": user, "m": 5, "tasks": ["pointwise"]}).json()
     assert after["cache"] == {"history": "miss", "result": "miss"}
     assert watched not in [r["item_id"] for r in after["results"]]  # rated items are not recommended again

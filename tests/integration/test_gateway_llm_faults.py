@@ -20,7 +20,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.gateway.app import create_app
-from service.gateway.history import SCHEMA, history_fingerprint
+from service.gateway.history import history_fingerprint, namespace
 from service.gateway.settings import GatewaySettings
 from tests.conftest import CACHE
 from tests.fake_llm import FakeLLM
@@ -65,7 +65,7 @@ def drop_keys(prefix: str) -> None:
 
 
 def score_keys(settings: GatewaySettings) -> list[bytes]:
-    return list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{settings.cache_prefix}:v{SCHEMA}:{settings.dataset}:scores:*"))
+    return list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{namespace(settings.cache_prefix, settings.dataset)}:scores:*"))
 
 
 def metric_value(client: TestClient, name: str, **labels) -> float:

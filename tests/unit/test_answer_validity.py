@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from service.ranking.engine import EngineConfig, RankingEngine, TaskOutcome, pair_asks
+from service.ranking.fusion import fuse
 from service.ranking.prompts import Candidate, RatedItem, UserProfile
 from service.ranking.scoring import expected_rating, finite_logprobs, yes_probability
 
@@ -78,30 +79,32 @@ BEFORE = {
         "listwise": [0.043170037215163354, 0.10970902938697935, 0.053847246389954355, 0.2317341319656127, 0.13649347231134928, 0.27440978145613826, 0.15063630127480276],
         "scores": [0.6666666666666666, 0.29563083284677993, 0.5741320382448503, 0.6809156693486684, 0.6215156261961954, 0.7753831719210216, 0.48824653018650754],
     },
-    "generate_soft": {
+    # the same engine with a generated listwise answer, as computed at commit 9c6e013 (its soft
+    # pairwise credit, never set outside the tests, is gone)
+    "generate": {
         "pointwise": [3.4830227326363095, 3.1278361749523556, 3.196133324362934, 2.7983557545809874, 3.0054032282721077, 2.8859445598508966, 2.5969535129019925],
-        "pairwise": [0.5944452916109484, 0.0, 0.4055547083890516, 0.40529053208062626, 0.5522627836684162, 0.44773721633158386, 0.5947094679193737],
+        "pairwise": [0.5, 0.0, 0.5, 0.5, 0.5, 0.5, 0.5],
         "listwise": [4.0, 6.0, 3.0, 7.0, 0.0, 5.0, 0.0],
-        "scores": [0.8569947869098689, 0.4854288039583364, 0.5955771049466623, 0.6362639552895222, 0.4631981211922552, 0.5977674567323641, 0.3333333333333333],
+        "scores": [0.8571428571428571, 0.4854288039583364, 0.7015979267282577, 0.7424328473041057, 0.4869893932562765, 0.6801450766829262, 0.3333333333333333],
     },
 }
-CONFIGS = {"logprobs": EngineConfig(), "generate_soft": EngineConfig(listwise_mode="generate", soft_pairwise=True)}
+CONFIGS = {"logprobs": EngineConfig(), "generate": EngineConfig(listwise_mode="generate")}
 
 
 @pytest.mark.parametrize("variant", sorted(BEFORE))
 def test_well_formed_answers_with_finite_logprobs_score_bit_for_bit_as_before(variant):
-    result = run(RankingEngine(VariedLLM(), CONFIGS[variant]).rank(USER, CANDS, seed=3))
+    result = run(RankingEngine(VariedLLM(), CONFIGS[variant]).score(USER, CANDS, seed=3))
     for task in ("pointwise", "pairwise", "listwise"):
         assert result.outcomes[task].utility.tolist() == BEFORE[variant][task], task  # exact, not approx
         assert result.outcomes[task].invalid_answers == 0
-    assert result.scores.tolist() == BEFORE[variant]["scores"]
+    assert fuse(len(CANDS), result.utilities).scores.tolist() == BEFORE[variant]["scores"]  # the fused scores too
 
 
 def test_pairwise_counts_invalid_answers_per_prompt_not_per_pair():
     asks = pair_asks(len(CANDS), seed=3)
     off = {asks[0], asks[1], asks[2]}  # both orders of the first pair, one order of the second
     llm = ScriptedAnswers(lambda task, q: task == "pairwise" and pair_of(q) in off, lambda task: {"The": -0.1, "Sure": -2.0})
-    result = run(RankingEngine(llm).rank(USER, CANDS, seed=3, tasks=["pairwise"]))
+    result = run(RankingEngine(llm).score(USER, CANDS, seed=3, tasks=["pairwise"]))
     pair = result.outcomes["pairwise"]
     assert pair.prompts == 6 and pair.invalid_answers == 3  # 3 prompts, though only 2 of the 3 pairs
     assert pair.invalid_share == pytest.approx(0.5)
@@ -114,12 +117,12 @@ def test_pairwise_counts_invalid_answers_per_prompt_not_per_pair():
 def test_a_non_finite_logprob_makes_that_prompts_answer_invalid_in_every_task(task, bad_value):
     # the bad value sits on one answer token, beside finite answer tokens that alone would be well formed
     llm = ScriptedAnswers(lambda t, q: t == task, lambda t: {**HEALTHY, ANSWER_TOKEN[t]: bad_value})
-    result = run(RankingEngine(llm).rank(USER, CANDS, seed=3, tasks=[task]))
+    result = run(RankingEngine(llm).score(USER, CANDS, seed=3, tasks=[task]))
     out = result.outcomes[task]
     assert out.error is None and out.prompts > 0
     assert out.invalid_answers == out.prompts
     assert np.isfinite(out.utility).all()  # repaired (backbone order), never NaN
-    assert np.isfinite(result.scores).all()
+    assert np.isfinite(fuse(len(CANDS), result.utilities).scores).all()
 
 
 @pytest.mark.parametrize("task", ["pointwise", "pairwise", "listwise"])
@@ -127,7 +130,7 @@ def test_off_format_answers_count_one_per_prompt_in_every_task(task):
     first = pair_asks(len(CANDS), seed=3)[0]
     chosen = {"pointwise": lambda q: 'Movie: "Film 0"' in q, "pairwise": lambda q: pair_of(q) == first, "listwise": lambda q: True}
     llm = ScriptedAnswers(lambda t, q: t == task and chosen[t](q), lambda t: {"The": -0.1, "I": -2.5})
-    out = run(RankingEngine(llm).rank(USER, CANDS, seed=3, tasks=[task])).outcomes[task]
+    out = run(RankingEngine(llm).score(USER, CANDS, seed=3, tasks=[task])).outcomes[task]
     assert out.invalid_answers == 1
     assert out.invalid_share == pytest.approx(1 / out.prompts)
     assert np.isfinite(out.utility).all()
@@ -155,7 +158,7 @@ def test_a_batched_llm_that_returns_fewer_answers_than_prompts_drops_the_task():
         async def next_token_logprobs_many(self, messages_list):
             return [await self.next_token_logprobs(m) for m in messages_list[:-1]]
 
-    result = run(RankingEngine(ShortBatches()).rank(USER, CANDS, seed=3, tasks=["pointwise", "pairwise"]))
+    result = run(RankingEngine(ShortBatches()).score(USER, CANDS, seed=3, tasks=["pointwise", "pairwise"]))
     assert set(result.dropped) == {"pointwise", "pairwise"}
     assert all("6 answers for 7 prompts" in e or "5 answers for 6 prompts" in e for e in result.dropped.values())
 

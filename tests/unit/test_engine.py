@@ -1,5 +1,6 @@
 """The ranking engine against a scripted LLM: prompts go out concurrently, answers are scored from
-logprobs, malformed answers are repaired and counted, and late or failing tasks are dropped."""
+logprobs, malformed answers are repaired and counted, and late or failing tasks are dropped. The
+engine returns task utilities; the order is `fuse`'s, as the gateway and evaluation take it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from service.llm.client import LLMError
 from service.ranking.engine import EngineConfig, RankingEngine, disjoint_pairs, task_prompts
+from service.ranking.fusion import fuse
 from service.ranking.prompts import Candidate, RatedItem, UserProfile
 
 USER = UserProfile(liked=[RatedItem("Heat", 5), RatedItem("Babe", 4)], disliked=[RatedItem("Striptease", 1)])
@@ -54,27 +56,31 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def order_of(result) -> list[int]:
+    return fuse(len(CANDS), result.utilities).order
+
+
 def test_every_task_is_scored_from_logprobs_and_the_fusion_moves_the_liked_item_up():
     llm = ScriptedLLM()
-    result = run(RankingEngine(llm).rank(USER, CANDS, seed=1))
+    result = run(RankingEngine(llm).score(USER, CANDS, seed=1))
     assert set(result.utilities) == {"pointwise", "pairwise", "listwise"}
     point = result.outcomes["pointwise"]
     assert point.prompts == 6 and point.invalid_answers == 0
     assert point.detail["expected_rating"][5] == pytest.approx((5 * math.exp(-0.05) + 4 * math.exp(-3.0)) / (math.exp(-0.05) + math.exp(-3.0)), abs=1e-3)
     assert result.outcomes["pairwise"].prompts == 6  # 3 disjoint pairs, both orders
-    assert result.order[0] == 5 and result.order[-1] == 0
+    assert order_of(result)[0] == 5 and order_of(result)[-1] == 0
     assert llm.max_in_flight > 6  # prompts of all tasks were in flight together
 
 
 def test_listwise_scores_are_the_first_letter_probabilities_over_the_candidates():
-    result = run(RankingEngine(ScriptedLLM()).rank(USER, CANDS, tasks=["listwise"]))
+    result = run(RankingEngine(ScriptedLLM()).score(USER, CANDS, tasks=["listwise"]))
     assert result.outcomes["listwise"].utility.tolist() == pytest.approx([1 / 3, 0, 0, 0, 0, 2 / 3])
-    assert result.order == [5, 0, 1, 2, 3, 4]
+    assert order_of(result) == [5, 0, 1, 2, 3, 4]
 
 
 def test_malformed_generated_listwise_answer_is_repaired_and_counted():
     engine = RankingEngine(ScriptedLLM(listwise_text="I think F then F, Z"), EngineConfig(listwise_mode="generate"))
-    result = run(engine.rank(USER, CANDS))
+    result = run(engine.score(USER, CANDS))
     listwise = result.outcomes["listwise"]
     assert listwise.invalid_answers == 1
     # only F (candidate 5) was usable: it gets m - 0 = 6, the rest 0 and keep backbone order
@@ -82,33 +88,35 @@ def test_malformed_generated_listwise_answer_is_repaired_and_counted():
 
 
 def test_off_format_pointwise_answers_fall_back_to_backbone_order_and_are_counted():
-    result = run(RankingEngine(ScriptedLLM(pointwise_garbage=True)).rank(USER, CANDS, tasks=["pointwise"]))
+    result = run(RankingEngine(ScriptedLLM(pointwise_garbage=True)).score(USER, CANDS, tasks=["pointwise"]))
     point = result.outcomes["pointwise"]
     assert point.invalid_answers == 6
-    assert result.order == [0, 1, 2, 3, 4, 5]
+    assert order_of(result) == [0, 1, 2, 3, 4, 5]
 
 
 def test_tasks_that_miss_the_deadline_are_dropped_not_waited_for():
     llm = ScriptedLLM(delay=60.0)
     engine = RankingEngine(llm)
-    start = asyncio.run(_timed(engine.rank(USER, CANDS, deadline_s=0.2)))
+    start = asyncio.run(_timed(engine.score(USER, CANDS, deadline_s=0.2)))
     result, seconds = start
     assert seconds < 10  # the 60 s answers were not waited for
     assert result.dropped == {"pointwise": "deadline", "pairwise": "deadline", "listwise": "deadline"}
-    assert result.order == [0, 1, 2, 3, 4, 5]  # backbone order when nothing came back
+    assert result.utilities == {}
+    assert order_of(result) == [0, 1, 2, 3, 4, 5]  # backbone order when nothing came back
 
 
 def test_llm_errors_drop_the_task_with_the_reason():
-    result = run(RankingEngine(ScriptedLLM(fail=True)).rank(USER, CANDS, tasks=["pairwise"]))
+    result = run(RankingEngine(ScriptedLLM(fail=True)).score(USER, CANDS, tasks=["pairwise"]))
     assert result.dropped == {"pairwise": "LLMError: connection refused"}
-    assert result.order == list(range(6))
+    assert order_of(result) == list(range(6))
 
 
-def test_task_subset_and_weights_are_respected():
-    config = EngineConfig(weights={"pointwise": 1.0, "pairwise": 0.0, "listwise": 0.0})
-    result = run(RankingEngine(ScriptedLLM(), config).rank(USER, CANDS, tasks=["pointwise", "listwise"]))
-    assert set(result.outcomes) == {"pointwise", "listwise"}
-    assert result.order[0] == 5 and result.order[-1] == 0
+def test_only_the_tasks_asked_for_are_scored():
+    llm = ScriptedLLM()
+    result = run(RankingEngine(llm).score(USER, CANDS, tasks=["pointwise", "listwise"]))
+    assert set(result.outcomes) == set(result.utilities) == {"pointwise", "listwise"}
+    fused = fuse(len(CANDS), result.utilities, weights={"pointwise": 1.0, "pairwise": 0.0, "listwise": 0.0})
+    assert fused.order[0] == 5 and fused.order[-1] == 0
 
 
 def test_pairs_are_disjoint_and_deterministic_per_seed():
@@ -127,7 +135,7 @@ async def _timed(coro):
 
 def test_task_prompts_are_the_prompts_the_engine_sends():
     """The probes and token counts build a user's prompts with `task_prompts`: they must be what
-    `rank` sends, task by task."""
+    `score` sends, task by task."""
 
     class Recording(ScriptedLLM):
         def __init__(self):
@@ -141,5 +149,5 @@ def test_task_prompts_are_the_prompts_the_engine_sends():
     config = EngineConfig()
     for task in ("pointwise", "pairwise", "listwise"):
         llm = Recording()
-        run(RankingEngine(llm, config).rank(USER, CANDS, seed=3, tasks=[task]))
+        run(RankingEngine(llm, config).score(USER, CANDS, seed=3, tasks=[task]))
         assert llm.sent == [p.messages for p in task_prompts(task, USER, CANDS, config.prompt, seed=3)]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.evaluate import Record, bootstrap_differences, metric_rows, moves, target_rank
+from training.evaluate import Record, metric_rows, moves, paired_rows, target_rank
 
 
 def record(items, target):
@@ -35,13 +35,14 @@ def test_moves_count_users_entering_and_leaving_the_top_k():
     assert moves(ranks, k=3) == {"pairwise": {"wrong_to_right": 1, "right_to_wrong": 1}}
 
 
-def test_bootstrap_interval_brackets_the_observed_difference():
+def test_paired_rows_compare_every_method_with_each_reference_at_every_k_with_an_interval_around_the_difference():
     rng = np.random.default_rng(0)
     base = rng.integers(-1, 10, 300)
     better = np.where(base > 0, base - 1, base)  # moves every hit one place up
-    out = {(b["method"], b["metric"]): b for b in bootstrap_differences({"backbone": base, "x": better}, 10, 500, 0)}
-    ndcg3 = out[("x", "NDCG@3")]
-    assert ndcg3["low"] <= ndcg3["diff"] <= ndcg3["high"] and ndcg3["diff"] > 0
+    out = {(p["method"], p["metric"], p["vs"]): p for p in paired_rows({"backbone": base, "x": better}, 10, 500, 0)}
+    assert set(out) == {(method, f"{kind}@{k}", "backbone") for method in ("x",) for kind in ("HR", "NDCG") for k in (3, 5, 10)}
+    ndcg3 = out[("x", "NDCG@3", "backbone")]
+    assert ndcg3["ci_low"] <= ndcg3["diff"] <= ndcg3["ci_high"] and ndcg3["diff"] > 0
 
 
 def fusion_records(split, rng, llm_signal: float, n: int = 240, m: int = 10):
@@ -83,8 +84,9 @@ def test_learned_keeps_the_llm_features_only_when_cross_validation_shows_they_he
 
 
 def test_eval_builds_the_gateways_features_when_it_has_only_the_serving_backbone(fusion_split):
-    from service.gateway.reranker import fusion_features
+    from service.gateway.reranker import non_llm_inputs
     from service.ranking.features import CandidateContext
+    from service.ranking.fusion import feature_matrix
     from training.evaluate import features_of
 
     rec = fusion_records(fusion_split, np.random.default_rng(1), 1.0, n=1)[0]
@@ -95,7 +97,8 @@ def test_eval_builds_the_gateways_features_when_it_has_only_the_serving_backbone
     ours = features_of(fusion_split, rec, popularity, scores, with_llm=True)
     ctx = CandidateContext([ds.items[i].genres for i in fusion_split.history(rec.user, "valid")], [ds.items[i].genres for i in rec.items], popularity[rec.items])
     util = {t: np.asarray(v) for t, v in rec.utilities.items()}
-    gateway = fusion_features(rec.m, util, "lightgcn", list(scores["lightgcn"][rec.user, rec.items]), ctx)
+    backbone_scores, extra = non_llm_inputs(rec.m, "lightgcn", list(scores["lightgcn"][rec.user, rec.items]), ctx)
+    gateway = feature_matrix(rec.m, util, backbone_scores=backbone_scores, extra=extra)
     assert ours.names == gateway.names
     np.testing.assert_allclose(np.nan_to_num(ours.values, nan=-9), np.nan_to_num(gateway.values, nan=-9))
 

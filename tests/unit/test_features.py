@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from service.gateway.reranker import fusion_features, load_learned_fusions
+from service.gateway.reranker import load_learned_fusions, non_llm_inputs
 from service.ranking.features import RECENT_LIKES, CandidateContext, non_llm_features, rank_among
-from service.ranking.fusion import LearnedFusion, LearnedFusionConfig, UserGroup, feature_matrix, fusion_model_path
+from service.ranking.fusion import feature_matrix, fusion_model_path
+from training.fusion_selection import LearnedFusionConfig, UserGroup, fit_learned_fusion
 
 
 def test_genre_overlap_counts_per_liked_item_and_popularity_is_logged():
@@ -40,7 +41,7 @@ def _fitted(names_of_backbones: list[str], path: Path) -> Path:
         ctx = CandidateContext([("Drama",)], [("Drama",)] * 5, rng.integers(0, 50, 5), {b: rng.normal(size=5) for b in names_of_backbones})
         feats = feature_matrix(5, backbone_scores=rng.normal(size=5), extra=non_llm_features(ctx))
         groups.append(UserGroup.with_relevant(feats, int(rng.integers(5))))
-    LearnedFusion(LearnedFusionConfig(guard=False, min_child_samples=5)).fit(groups).save(path)
+    fit_learned_fusion(groups, LearnedFusionConfig(guard=False, min_child_samples=5)).save(path)
     return path
 
 
@@ -51,7 +52,8 @@ def test_the_gateway_loads_a_fusion_fitted_on_the_features_it_builds(tmp_path: P
     loaded = load_learned_fusions(tmp_path, "lightgcn")
     assert list(loaded) == [10]
     ctx = CandidateContext([("Drama",)], [("Drama",)] * 5, [1, 2, 3, 4, 5])
-    feats = fusion_features(5, {}, "lightgcn", [0.5, 0.4, 0.3, 0.2, 0.1], ctx)
+    scores, extra = non_llm_inputs(5, "lightgcn", [0.5, 0.4, 0.3, 0.2, 0.1], ctx)
+    feats = feature_matrix(5, backbone_scores=scores, extra=extra)
     assert feats.names == loaded[10].feature_names_
     assert np.isfinite(loaded[10].predict(feats)).all()
 

@@ -13,12 +13,14 @@ from service.gateway.cache import MemoryCache
 from service.gateway.errors import ApiError
 from service.gateway.history import HistoryCache, ScoreCache, history_fingerprint
 from service.gateway.metrics import GatewayMetrics
-from service.gateway.reranker import RerankService
+from service.gateway.reranker import RerankService, non_llm_inputs
 from service.gateway.retrieval import EmbeddedRetriever
 from service.gateway.schemas import RerankRequest
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import InteractionStore
 from service.ranking.engine import EngineConfig, RankingEngine
+from service.ranking.features import CandidateContext
+from service.ranking.fusion import LearnedFusion, feature_matrix, fuse
 from tests.conftest import synthetic_dataset
 from tests.fake_llm import healthy_logprobs
 from training.serving_export import write_serving_tables
@@ -62,13 +64,30 @@ def parts(tmp_path):
     return store, retriever
 
 
-def service_with(parts, llm, **settings) -> RerankService:
+def service_with(parts, llm, learned: dict[int, LearnedFusion] | None = None, **settings) -> RerankService:
     store, retriever = parts
     cfg = GatewaySettings(_env_file=None, dataset="synthetic", default_deadline_ms=2000, **settings)
     cache = MemoryCache()
     return RerankService(settings=cfg, store=store, histories=HistoryCache(cache, store, "t", "synthetic", 60), scores=ScoreCache(cache, "t", "synthetic", 60),
                          retriever=retriever, engine=RankingEngine(llm, EngineConfig()), metrics=GatewayMetrics(), model_name="m",
-                         admission=LLMAdmission(cfg.llm_slots, cfg.llm_max_waiting, initial_seconds=0.05))
+                         learned=learned or {}, admission=LLMAdmission(cfg.llm_slots, cfg.llm_max_waiting, initial_seconds=0.05))
+
+
+class RecordingFusion(LearnedFusion):
+    """A learned fusion that ranks the candidates in reverse and keeps the features it was given."""
+
+    def __init__(self, feature_names):
+        super().__init__(booster=None, feature_names=feature_names)
+        self.seen: list = []
+
+    def predict(self, features):
+        self.seen.append(features)
+        return features.column("backbone_rank").copy()  # the backbone's last first
+
+
+def servable_names() -> tuple[str, ...]:
+    scores, extra = non_llm_inputs(1, GatewaySettings(_env_file=None).backbone, [0.0], CandidateContext([], [()], [0]))
+    return feature_matrix(1, backbone_scores=scores, extra=extra).names
 
 
 def rerank(service: RerankService, **body):
@@ -93,7 +112,7 @@ def test_an_llm_error_drops_its_task_and_with_none_left_the_answer_is_the_backbo
     assert [r.index for r in out.results] == list(range(6))
 
 
-def test_a_partial_cache_hit_asks_the_llm_only_for_the_missing_task(parts):
+def test_a_partial_cache_hit_asks_the_llm_only_for_the_missing_task_and_serves_the_full_runs_ranking(parts):
     llm = ScriptedLLM()
     service = service_with(parts, llm)
     rerank(service, tasks=["pointwise", "listwise"])
@@ -101,11 +120,52 @@ def test_a_partial_cache_hit_asks_the_llm_only_for_the_missing_task(parts):
     out = rerank(service, tasks=["pointwise", "listwise", "pairwise"])
     assert set(llm.asked) == {"pairwise"}
     assert out.cache["result"] == "partial" and not out.degraded
+    fresh = rerank(service_with(parts, ScriptedLLM()), tasks=["pointwise", "listwise", "pairwise"])
+    assert fresh.cache["result"] == "miss"
+    assert [(r.index, r.relevance_score) for r in out.results] == [(r.index, r.relevance_score) for r in fresh.results]
+
+
+def test_the_answer_is_the_hybrid_of_the_task_scores_with_relevance_scaled_to_the_unit_interval(parts):
+    out = rerank(service_with(parts, ScriptedLLM()))
+    m = len(out.results)
+    utilities = {t: np.array([0.0] * m) for t in out.tasks_used}
+    for r in out.results:
+        for t in out.tasks_used:
+            utilities[t][r.index] = r.scores[t]
+    fused = fuse(m, utilities)  # from the 6-decimal task scores of the answer: the same order
+    assert out.fusion == "hybrid" and [r.index for r in out.results] == fused.order
+    relevance = [r.relevance_score for r in out.results]
+    assert relevance[0] == 1.0 and relevance[-1] == 0.0 and relevance == sorted(relevance, reverse=True)
+
+
+def test_with_every_task_dropped_the_backbone_order_is_served_with_graded_relevance(parts):
+    out = rerank(service_with(parts, ScriptedLLM(failing=("pointwise", "pairwise", "listwise"))), k=4)
+    assert out.fusion == "backbone" and [r.index for r in out.results] == [0, 1, 2, 3]
+    assert [r.relevance_score for r in out.results] == pytest.approx([1.0, 0.8, 0.6, 0.4])  # m = 6: (6 - i - 1) / 5
 
 
 def test_learned_fusion_without_a_fitted_model_falls_back_to_the_hybrid_and_says_so(parts):
     out = rerank(service_with(parts, ScriptedLLM()), fusion="learned")
     assert out.fusion == "hybrid" and out.degraded_reasons == ["learned_fusion_unavailable"]
+
+
+def test_a_loaded_learned_fusion_ranks_the_answer_from_the_task_scores_and_the_non_llm_features(parts):
+    model = RecordingFusion(servable_names())
+    out = rerank(service_with(parts, ScriptedLLM(), learned={10: model}), fusion="learned")
+    assert out.fusion == "learned" and not out.degraded
+    assert [r.index for r in out.results] == [5, 4, 3, 2, 1, 0]
+    [features] = model.seen
+    assert features.names == model.feature_names_
+    for t in ("pointwise", "pairwise", "listwise"):  # the tasks' utilities, as answered
+        assert [round(v, 6) for v in features.column(t)[[r.index for r in out.results]]] == [r.scores[t] for r in out.results]
+    assert np.isfinite(features.column("log_popularity")).all()
+
+
+def test_a_learned_fusion_whose_fit_fell_back_serves_its_fallback_without_degrading(parts):
+    model = LearnedFusion(booster=None, feature_names=servable_names(), fallback="backbone")
+    out = rerank(service_with(parts, ScriptedLLM(), learned={10: model}), fusion="learned")
+    assert out.fusion == "learned" and not out.degraded
+    assert [r.index for r in out.results] == list(range(6))
 
 
 def test_requests_beyond_the_llm_slots_are_answered_at_once_as_overloaded(parts):
