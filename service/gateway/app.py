@@ -29,10 +29,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.gateway.admission import LLMAdmission
 from service.gateway.cache import KeyValueCache, RedisCache, cache_from_url
 from service.gateway.errors import (
-    ApiError,
-    api_error_handler,
     error_responses,
     http_error_handler,
+    rejected_handler,
     unexpected_error_handler,
     validation_error_handler,
 )
@@ -41,6 +40,7 @@ from service.gateway.history import HistoryCache, ScoreCache
 from service.gateway.intake import EventIntake
 from service.gateway.logs import configure_logging, request_id_var
 from service.gateway.metrics import GatewayMetrics
+from service.gateway.rejections import Rejected, Unauthenticated, UnknownEntity
 from service.gateway.reranker import RerankService, load_learned_fusions
 from service.gateway.retrieval import EmbeddedRetriever, RemoteRetriever, RetrievalError, Retriever
 from service.gateway.schemas import EventsRequest, EventsResponse, RerankRequest, RerankResponse, RetrieveRequest, RetrieveResponse
@@ -251,7 +251,7 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
                   openapi_url=None if protected else "/openapi.json", docs_url=None if protected else "/docs", redoc_url=None)
     app.state.metrics = GatewayMetrics()
     app.state.settings = settings
-    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(Rejected, rejected_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
@@ -266,7 +266,7 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys):
-            raise ApiError(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthenticated("unauthorized", "a valid API key is required: Authorization: Bearer <key>")
 
     if protected:
         @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorized)])
@@ -291,13 +291,13 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
     @app.post("/v1/retrieve", response_model=RetrieveResponse, dependencies=[Depends(authorized)], responses=error_responses(400, 401, 404, 413, 422))
     async def retrieve(body: RetrieveRequest, c: Components = Depends(components)) -> RetrieveResponse:
         if c.embedded is None:
-            raise ApiError(404, "not_available", "this gateway has no embedded backbone")
+            raise UnknownEntity("not_available", "this gateway has no embedded backbone")
         if not c.store.has_user(body.user_id):
-            raise ApiError(404, "unknown_user", f"user {body.user_id!r} is not known to this gateway")
+            raise UnknownEntity("unknown_user", f"user {body.user_id!r} is not known to this gateway")
         try:
             got = await c.embedded.top_m(body.user_id, body.m, set(body.exclude))
         except RetrievalError as exc:
-            raise ApiError(404, "unknown_user", str(exc)) from None
+            raise UnknownEntity("unknown_user", str(exc)) from None
         return RetrieveResponse(items=[{"item_id": i, "score": s} for i, s in zip(got.item_ids, got.scores)])
 
     @app.get("/healthz")

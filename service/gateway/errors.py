@@ -3,18 +3,22 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.gateway.rejections import AtCapacity, InvalidInput, Rejected, Unauthenticated, Unavailable, UnknownEntity
 from service.gateway.schemas import ErrorResponse
 
+# The one place where a use case's refusal becomes an HTTP status.
+STATUS_OF: dict[type[Rejected], int] = {Unauthenticated: 401, UnknownEntity: 404, InvalidInput: 422, AtCapacity: 429, Unavailable: 503}
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: object | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.details, self.headers = status, code, message, details, headers
+
+def status_of(exc: Rejected) -> int:
+    return next(status for kind, status in STATUS_OF.items() if isinstance(exc, kind))
 
 
 def error_response(request: Request, status: int, code: str, message: str, details: object | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -22,8 +26,13 @@ def error_response(request: Request, status: int, code: str, message: str, detai
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(request, exc.status, exc.code, exc.message, exc.details, exc.headers)
+async def rejected_handler(request: Request, exc: Rejected) -> JSONResponse:
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(request, status_of(exc), exc.code, exc.message, exc.details, headers or None)
 
 
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:

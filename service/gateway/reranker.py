@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import time
 from collections.abc import Sequence
@@ -26,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from service.gateway.admission import LLMAdmission, Overloaded
-from service.gateway.errors import ApiError
 from service.gateway.history import HistoryCache, ScoreCache, history_fingerprint
 from service.gateway.metrics import GatewayMetrics
+from service.gateway.rejections import AtCapacity, InvalidInput, Unavailable, UnknownEntity
 from service.gateway.retrieval import RetrievalError, Retriever
 from service.gateway.schemas import RerankRequest, RerankResponse, RerankResult
 from service.gateway.settings import GatewaySettings
@@ -134,24 +133,24 @@ class RerankService:
         s = self.settings
         # Above the limits is an error, not a silent cap: the caller learns what it will get.
         if req.k is not None and req.k > s.max_k:
-            raise ApiError(422, "k_too_large", f"k={req.k}; at most {s.max_k}", {"max_k": s.max_k})
+            raise InvalidInput("k_too_large", f"k={req.k}; at most {s.max_k}", {"max_k": s.max_k})
         if req.deadline_ms is not None and req.deadline_ms > s.max_deadline_ms:
-            raise ApiError(422, "deadline_too_long", f"deadline_ms={req.deadline_ms}; at most {s.max_deadline_ms}", {"max_deadline_ms": s.max_deadline_ms})
+            raise InvalidInput("deadline_too_long", f"deadline_ms={req.deadline_ms}; at most {s.max_deadline_ms}", {"max_deadline_ms": s.max_deadline_ms})
         if not self.store.has_user(req.user_id):
-            raise ApiError(404, "unknown_user", f"user {req.user_id!r} is not known to this gateway")
+            raise UnknownEntity("unknown_user", f"user {req.user_id!r} is not known to this gateway")
         if req.candidates is not None:
             if not req.candidates:
-                raise ApiError(422, "no_candidates", "candidates is empty; omit it to let the backbone retrieve them")
+                raise InvalidInput("no_candidates", "candidates is empty; omit it to let the backbone retrieve them")
             if len(req.candidates) > s.max_candidates:
-                raise ApiError(422, "too_many_candidates", f"{len(req.candidates)} candidates; at most {s.max_candidates}", {"max_candidates": s.max_candidates})
+                raise InvalidInput("too_many_candidates", f"{len(req.candidates)} candidates; at most {s.max_candidates}", {"max_candidates": s.max_candidates})
             if len(set(req.candidates)) != len(req.candidates):
-                raise ApiError(422, "duplicate_candidates", "candidate ids must be unique")
+                raise InvalidInput("duplicate_candidates", "candidate ids must be unique")
             try:
                 self.store.check_items(req.candidates)
             except UnknownItems as exc:
-                raise ApiError(422, "unknown_items", f"{len(exc.item_ids)} candidate ids are not in the catalogue", {"item_ids": exc.item_ids[:20]}) from None
+                raise InvalidInput("unknown_items", f"{len(exc.item_ids)} candidate ids are not in the catalogue", {"item_ids": exc.item_ids[:20]}) from None
         elif req.m is not None and req.m > s.max_candidates:
-            raise ApiError(422, "too_many_candidates", f"m={req.m}; at most {s.max_candidates}", {"max_candidates": s.max_candidates})
+            raise InvalidInput("too_many_candidates", f"m={req.m}; at most {s.max_candidates}", {"max_candidates": s.max_candidates})
         tasks = list(dict.fromkeys(req.tasks if req.tasks is not None else s.default_tasks))
         return req.k or s.default_k, (req.deadline_ms or s.default_deadline_ms) / 1000, tasks
 
@@ -176,14 +175,14 @@ class RerankService:
                 )
             except (RetrievalError, TimeoutError) as exc:
                 self._stage(trace, "retrieval", time.perf_counter() - t)
-                raise ApiError(503, "retrieval_unavailable", f"the retrieval backbone failed and no candidates were given: {exc}") from None
+                raise Unavailable("retrieval_unavailable", f"the retrieval backbone failed and no candidates were given: {exc}") from None
             item_ids, backbone_scores = retrieved.item_ids, retrieved.scores
         else:
             item_ids = list(req.candidates)
             backbone_scores = await self.retriever.score(req.user_id, item_ids)
         self._stage(trace, "retrieval", time.perf_counter() - t)
         if not item_ids:
-            raise ApiError(422, "no_candidates", "the backbone returned no candidates for this user")
+            raise InvalidInput("no_candidates", "the backbone returned no candidates for this user")
         return item_ids, backbone_scores
 
     def _learned_for(self, m: int) -> LearnedFusion | None:
@@ -269,8 +268,8 @@ class RerankService:
             result = await self._score_admitted(profile, candidates, missing, remaining, req.user_id)
         except Overloaded as exc:
             if self.settings.overload_response == "reject":
-                raise ApiError(429, "overloaded", "the LLM is at capacity; retry", {"retry_after_s": round(exc.retry_after_s, 3)},
-                               headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}) from None
+                raise AtCapacity("overloaded", "the LLM is at capacity; retry", {"retry_after_s": round(exc.retry_after_s, 3)},
+                                 retry_after_s=exc.retry_after_s) from None
             trace.degrade("overloaded")  # answered now, in the backbone order for the tasks it lacks
             return utilities, repaired
         writes = []

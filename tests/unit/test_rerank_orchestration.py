@@ -10,9 +10,10 @@ import pytest
 
 from service.gateway.admission import LLMAdmission
 from service.gateway.cache import MemoryCache
-from service.gateway.errors import ApiError
+from service.gateway.errors import status_of
 from service.gateway.history import HistoryCache, ScoreCache, history_fingerprint
 from service.gateway.metrics import GatewayMetrics
+from service.gateway.rejections import InvalidInput, Rejected, UnknownEntity
 from service.gateway.reranker import RerankService, non_llm_inputs
 from service.gateway.retrieval import EmbeddedRetriever
 from service.gateway.schemas import RerankRequest
@@ -178,13 +179,18 @@ def test_requests_beyond_the_llm_slots_are_answered_at_once_as_overloaded(parts)
     assert sorted(o.degraded_reasons for o in outs) == [[], ["overloaded"]]
 
 
-def test_limits_are_domain_errors_with_a_code(parts):
-    with pytest.raises(ApiError) as err:
+def test_limits_are_domain_errors_with_a_code_and_the_edge_alone_picks_the_status(parts):
+    with pytest.raises(InvalidInput) as err:
         rerank(service_with(parts, ScriptedLLM()), k=10_000)
-    assert (err.value.status, err.value.code) == (422, "k_too_large")
-    with pytest.raises(ApiError) as err:
+    assert err.value.code == "k_too_large" and status_of(err.value) == 422
+    with pytest.raises(UnknownEntity) as err:
         rerank(service_with(parts, ScriptedLLM()), user_id="nobody")
-    assert (err.value.status, err.value.code) == (404, "unknown_user")
+    assert err.value.code == "unknown_user" and status_of(err.value) == 404
+
+
+def test_every_kind_of_refusal_has_exactly_one_status():
+    kinds = Rejected.__subclasses__()
+    assert kinds and all(status_of(kind("code", "message")) for kind in kinds)
 
 
 def test_a_cached_score_is_keyed_by_the_history_so_an_event_retires_it(parts):
