@@ -82,6 +82,10 @@ class EvalRequest:
     seed: int = 2024
     model_dir: Path | None = None  # default artifacts/<dataset>/model
     concurrent_users: int = 4
+    # Users whose held-out item is not among the m candidates score 0 under every ranking of that
+    # list, so their prompts change no reported number; skipping them makes a stage ~5x cheaper.
+    # True sends every user to the LLM (to count invalid answers over all of them, say).
+    score_every_user: bool = False
     dtype: str | None = None  # default: bfloat16 where the CPU has bf16 instructions, else float32
     bootstrap: int = 1000
     reports_dir: Path = Path("reports")
@@ -101,6 +105,7 @@ class Record:
     dropped: dict[str, str]
     seconds: float
     backbone_scores: list[float] = field(default_factory=list)
+    scored: bool = True  # False: the target is not a candidate, so the LLM was not asked (see EvalRequest)
 
 
 def sample_users(split: Split, n: int, seed: int) -> np.ndarray:
@@ -121,22 +126,33 @@ def candidate_lists(folder: Path, dataset) -> dict[str, dict[int, list[int]]]:
     return out
 
 
-async def run_engine(new_client: Callable[[], VLLMClient], split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int) -> list[Record]:
+async def run_engine(new_client: Callable[[], VLLMClient], split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int,
+                     score_every_user: bool = False) -> list[Record]:
     """One event loop, one pooled client (batched per task on the model's template and block
-    layout, as the gateway's): every user's prompts through the service's engine."""
+    layout, as the gateway's): the users' prompts through the service's engine."""
     client = new_client()
     try:
-        return await _run_engine(RankingEngine(client, EngineConfig(prompt=prompt_cfg)), split, users, stage, m, tops, prompt_cfg, scores, concurrency)
+        return await _run_engine(RankingEngine(client, EngineConfig(prompt=prompt_cfg)), split, users, stage, m, tops, prompt_cfg, scores, concurrency, score_every_user)
     finally:
         await client.aclose()
 
 
-async def _run_engine(engine: RankingEngine, split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int) -> list[Record]:
+async def _run_engine(engine: RankingEngine, split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int,
+                      score_every_user: bool = False) -> list[Record]:
     ds = split.dataset
     slots = asyncio.Semaphore(concurrency)
-    bar = tqdm(total=len(users), desc=f"{stage} m={m}", leave=False)
+    targets = split.target(stage)
+    asked = [u for u in users if score_every_user or targets[u] in tops[stage][u][:m]]
+    bar = tqdm(total=len(asked), desc=f"{stage} m={m} ({len(asked)} of {len(users)} users have the item in the list)", leave=False)
+
+    def unscored(u: int) -> Record:
+        items = tops[stage][u][:m]
+        return Record(user=int(u), stage=stage, m=m, items=[int(i) for i in items], target=int(targets[u]), utilities={}, invalid={}, dropped={},
+                      seconds=0.0, backbone_scores=[float(scores[u, i]) for i in items], scored=False)
 
     async def one(u: int) -> Record:
+        if not (score_every_user or targets[u] in tops[stage][u][:m]):
+            return unscored(u)
         async with slots:
             items = tops[stage][u][:m]
             cands = [Candidate(ds.items[i].title, backbone_rank=r + 1) for r, i in enumerate(items)]
@@ -160,6 +176,11 @@ def engine_cache_dir(paths: Paths, dataset: str, run_key: str) -> Path:
     folder = paths.artifacts / dataset / "eval" / run_key
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def stage_cache_name(backbone: str, stage: str, m: int, users: int, seed: int, score_every_user: bool) -> str:
+    """A stage's engine-output file; one that skipped the users without a hit says so in its name."""
+    return f"{backbone}-{stage}-m{m}-u{users}-s{seed}{'' if score_every_user else '-hits'}.jsonl"
 
 
 def stage_records(cache: Path, run: Callable[[], Awaitable[list[Record]]] | None) -> list[Record]:
@@ -324,8 +345,9 @@ def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: st
     for m in req.ms:
         records: dict[str, list[Record]] = {}
         for stage, users in stage_users.items():
-            records[stage] = stage_records(cache_dir / f"{backbone}-{stage}-m{m}-u{len(users)}-s{req.seed}.jsonl",
-                                           functools.partial(run_engine, new_client, split, users, stage, m, tops, prompt_cfg, scores[stage][backbone], req.concurrent_users))
+            records[stage] = stage_records(cache_dir / stage_cache_name(backbone, stage, m, len(users), req.seed, req.score_every_user),
+                                           functools.partial(run_engine, new_client, split, users, stage, m, tops, prompt_cfg, scores[stage][backbone], req.concurrent_users,
+                                                             req.score_every_user))
         valid_ranks = {method: [] for method in UNFITTED}
         for rec in records["valid"]:
             for method, order in method_orders(rec, scores["valid"]).items():
@@ -353,10 +375,12 @@ def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: st
         report["rows"] += metric_rows(arrays, hit, m)
         report["paired"] += paired_rows(arrays, m, req.bootstrap, req.seed)
         report["moves"][f"m{m}"] = moves(arrays, k=3)
+        asked = [r for r in test if r.scored]
         report["llm"][f"m{m}"] = {
-            "invalid_answers": {t: int(sum(r.invalid.get(t, 0) for r in test)) for t in TASK_METHODS},
-            "dropped_tasks": int(sum(len(r.dropped) for r in test)),
-            "seconds_per_user": float(np.mean([r.seconds for r in test])),
+            "users_asked": len(asked),  # the others' lists lack the test item: every ranking scores 0
+            "invalid_answers": {t: int(sum(r.invalid.get(t, 0) for r in asked)) for t in TASK_METHODS},
+            "dropped_tasks": int(sum(len(r.dropped) for r in asked)),
+            "seconds_per_user": float(np.mean([r.seconds for r in asked])) if asked else None,
         }
     return report
 
@@ -449,16 +473,17 @@ def serving_validation(paths: Paths, split: Split, model_dir: Path, backbone: st
     scores = load_backbone(folder).score(all_users, [split.history(u, "valid") for u in all_users])
     users = sample_users(split, req.valid_users, req.seed + 1)
     m = req.ms[0]
-    cache = engine_cache_dir(paths, ds.name, manifest["run_key"]) / f"{backbone}-valid-m{m}-u{len(users)}-s{req.seed}.jsonl"
+    cache = engine_cache_dir(paths, ds.name, manifest["run_key"]) / stage_cache_name(backbone, "valid", m, len(users), req.seed, req.score_every_user)
     if cache.is_file():
         records = stage_records(cache, None)
     else:
         with llm_clients(req, paths, model_dir, prompt_cfg) as new_client:
-            records = stage_records(cache, functools.partial(run_engine, new_client, split, users, "valid", m, tops, prompt_cfg, scores, req.concurrent_users))
+            records = stage_records(cache, functools.partial(run_engine, new_client, split, users, "valid", m, tops, prompt_cfg, scores, req.concurrent_users,
+                                                             req.score_every_user))
     ranks = {method: np.asarray([target_rank(method_orders(r, {})[method], r) for r in records]) for method in SERVING_VALIDATION_METHODS}
     gain = paired_comparison(ndcg_gains(ranks["hybrid"], 3), ndcg_gains(ranks["backbone"], 3), n_boot=req.bootstrap, seed=req.seed)
     return {
-        "backbone": backbone, "m": m, "users": len(records),
+        "backbone": backbone, "m": m, "users": len(records), "users_asked": sum(r.scored for r in records),
         "NDCG@3": {k: ndcg_from_ranks(r, 3) for k, r in ranks.items()},
         "HR@3": {k: hr_from_ranks(r, 3) for k, r in ranks.items()},
         "hybrid_vs_backbone": gain,

@@ -191,7 +191,8 @@ def fit_learned_fusion(groups: Sequence[UserGroup], config: LearnedFusionConfig 
     fallback, report = None, None
     if config.guard:
         report, per_user = cross_validate(groups, replace(config, guard=False), folds=config.guard_folds, k=config.guard_k)
-        base = "hybrid" if task_utilities_of(groups[0].features) else "backbone"
+        # any group: a user the LLM was not asked about (no hit in the list, in offline evaluation) has none
+        base = "hybrid" if any(task_utilities_of(g.features) for g in groups) else "backbone"
         if base == "hybrid" and clearly_better(per_user["backbone"], per_user["hybrid"], config.guard_z):
             base = "backbone"
         if not clearly_better(per_user["learned"], per_user[base], config.guard_z):

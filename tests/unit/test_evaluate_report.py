@@ -112,3 +112,50 @@ def test_orders_without_other_backbones_leave_out_the_rank_mean():
     assert orders["backbone"] == [0, 1, 2] and orders["pointwise"] == [2, 1, 0]
     assert "rank_mean_no_llm" not in orders
     assert orders["pairwise"] == [0, 1, 2]  # a task that did not run keeps the backbone's order
+
+
+class CountingEngine:
+    """Answers every task with a fixed preference and remembers how many users it was asked about."""
+
+    def __init__(self):
+        self.asked = 0
+
+    async def score(self, profile, candidates, seed=0):
+        from service.ranking.engine import EngineResult, TaskOutcome
+
+        self.asked += 1
+        m = len(candidates)
+        prefer_last = np.arange(m, dtype=float)  # reverses the backbone order
+        return EngineResult({t: TaskOutcome(t, utility=prefer_last, prompts=m) for t in ("pointwise", "pairwise", "listwise")})
+
+
+def test_users_whose_item_is_not_a_candidate_are_not_sent_to_the_llm_and_every_number_stays_the_same(fusion_split):
+    import asyncio
+
+    from service.ranking.prompts import PromptConfig
+    from training.evaluate import _run_engine, method_orders
+
+    split, m, rng = fusion_split, 5, np.random.default_rng(3)
+    users = split.evaluated_users()[:60]
+    targets = split.target("test")
+    # half the users have their test item in the list (at a random place), half do not
+    tops = {"test": {}}
+    for i, u in enumerate(users):
+        others = [int(x) for x in rng.permutation(split.n_items) if x != targets[u]][:m]
+        if i % 2 == 0:
+            others[rng.integers(m)] = int(targets[u])
+        tops["test"][int(u)] = others
+    scores = np.zeros((split.n_users, split.n_items))
+
+    def run(every):
+        engine = CountingEngine()
+        recs = asyncio.run(_run_engine(engine, split, users, "test", m, tops, PromptConfig(), scores, 4, score_every_user=every))
+        return engine.asked, recs
+
+    asked_all, every = run(True)
+    asked_hits, hits = run(False)
+    assert asked_all == 60 and asked_hits == 30
+    assert [r.scored for r in hits] == [i % 2 == 0 for i in range(60)]
+    for a, b in zip(every, hits):
+        for method, order in method_orders(a, {}).items():
+            assert target_rank(order, a) == target_rank(method_orders(b, {})[method], b)
