@@ -90,7 +90,9 @@ def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile:
 
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments
+
+    from training.answer_loss import AnswerOnlyTrainer
 
     adapter_dir = out_dir / "adapter"
     if (adapter_dir / "adapter_config.json").is_file():
@@ -128,7 +130,7 @@ def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile:
         seed=profile.seed,
         dataloader_num_workers=0,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
+    trainer = AnswerOnlyTrainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
     resume = last_checkpoint(ckpt_dir)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():  # with several GPUs only the first process writes
