@@ -244,3 +244,56 @@ def test_item_token_variants_are_named_back_from_their_manifests():
     for name in ("item_tokens", "item_tokens_shuffled", "item_tokens_only"):
         assert variant_of(VARIANTS[name]) == name
     assert variant_of({"hints": "paper", "item_tokens": "beside"}) == "paper_hints_item_tokens"
+
+
+def test_the_gateway_names_each_item_as_the_model_knows_it_and_a_late_one_by_its_title(tmp_path):
+    """A rerank request through the real RerankService and engine: history and candidate lines carry
+    the tokens of the items the model has one for; the rest (items added after the export) their
+    titles alone."""
+    import asyncio
+
+    from service.gateway.admission import LLMAdmission
+    from service.gateway.cache import MemoryCache
+    from service.gateway.history import HistoryCache, ScoreCache
+    from service.gateway.metrics import GatewayMetrics
+    from service.gateway.reranker import RerankService
+    from service.gateway.retrieval import EmbeddedRetriever
+    from service.gateway.schemas import RerankRequest
+    from service.gateway.settings import GatewaySettings
+    from service.gateway.store import InteractionStore
+    from service.ranking.engine import EngineConfig, RankingEngine
+    from tests.conftest import synthetic_dataset
+    from tests.fake_llm import healthy_logprobs
+    from training.serving_export import write_serving_tables
+
+    class RecordingLLM:
+        def __init__(self):
+            self.prompts: list[str] = []
+
+        async def next_token_logprobs(self, messages):
+            self.prompts.append(messages[-1]["content"])
+            return healthy_logprobs(messages[-1]["content"])
+
+        async def generate(self, messages, max_tokens=16, **extra):
+            return "A, B, C, D, E"
+
+    dataset = synthetic_dataset(n_users=8, n_items=30, per_user=6)
+    store = InteractionStore.from_folder(write_serving_tables(dataset, tmp_path / "serving"))
+    known = [str(i) for i in range(25)]  # items 25-29 came after the export
+    cfg = PromptConfig(item_tokens="beside", token_table=ItemTokenTable(known))
+    rng = np.random.default_rng(0)
+    retriever = EmbeddedRetriever("random", rng.normal(size=(dataset.n_users, 4)), rng.normal(size=(dataset.n_items, 4)),
+                                  [u.user_id for u in dataset.users], [i.item_id for i in dataset.items])
+    settings = GatewaySettings(_env_file=None, dataset="synthetic", default_deadline_ms=5000)
+    cache, llm = MemoryCache(), RecordingLLM()
+    service = RerankService(settings=settings, store=store, histories=HistoryCache(cache, store, "t", "synthetic", 60), scores=ScoreCache(cache, "t", "synthetic", 60),
+                            retriever=retriever, engine=RankingEngine(llm, EngineConfig(prompt=cfg)), metrics=GatewayMetrics(), model_name="m",
+                            admission=LLMAdmission(settings.llm_slots, settings.llm_max_waiting))
+    out = asyncio.run(service.rerank(RerankRequest(user_id="1", candidates=["3", "27", "8", "12"], k=4), "rid"))
+    assert not out.degraded and len(llm.prompts) == 4 + 4 + 1
+    listwise = next(p for p in llm.prompts if "Candidate movies:" in p)
+    assert "<item:3> Movie 3" in listwise and "<item:8> Movie 8" in listwise and "<item:27>" not in listwise
+    assert any(line.endswith(". Movie 27") for line in listwise.splitlines())
+    history = [store.items[e.item_id] for e in store.history("1")]
+    assert any(f"<item:{it.item_id}> {it.title}" in listwise for it in history if it.item_id in known)
+    assert not any(f"<item:{it.item_id}>" in listwise for it in history if it.item_id not in known)
