@@ -15,9 +15,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from service.ranking.prompts import ITEM_TOKEN_MODES
 from training.data import LOADERS, DataError, leave_one_out, load_dataset, require_held_out_users
+from training.item_tokens import VECTOR_KINDS
 from training.paths import Paths
 from training.pipeline import train_backbone
+from training.quality_report import VARIANTS
 from training.serving_export import write_serving_tables
 
 console = Console(soft_wrap=True)
@@ -110,6 +113,8 @@ def cmd_tune(args, paths: Paths) -> int:
         position_shift=not args.no_position_shift,
         hints=args.hints,
         pointwise_hint=not args.no_pointwise_hint,
+        item_tokens=args.item_tokens,
+        item_vectors=args.item_vectors,
         export_dir=args.export_dir,
     )
     run_tune(req, paths)
@@ -123,7 +128,7 @@ def cmd_variants(args, paths: Paths) -> int:
 
     from training.evaluate import EvalRequest, run_eval
     from training.pipeline import TuneRequest, run_tune
-    from training.quality_report import VARIANTS, variant_export_dir
+    from training.quality_report import variant_export_dir
 
     base = TuneRequest(dataset=args.dataset, backbone=args.backbone, profile=args.profile)
     for variant in args.variants:
@@ -199,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-position-shift", action="store_true", help="ablation: keep history and candidate order")
     p.add_argument("--hints", default="honest", choices=["honest", "paper"], help="honest (default): from a backbone fitted before each target; paper: from the serving backbone, which saw the targets")
     p.add_argument("--no-pointwise-hint", action="store_true", help="pointwise prompts without the rank hint")
+    p.add_argument("--item-tokens", default="off", choices=list(ITEM_TOKEN_MODES), help="collaborative item tokens: beside the titles, or only the tokens (default off)")
+    p.add_argument("--item-vectors", default="real", choices=list(VECTOR_KINDS), help="with --item-tokens: shuffled is the ablation (each item gets another item's vector)")
     p.add_argument("--export-dir", type=Path, default=None, help="default artifacts/<dataset>/model")
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("ablate", help="tuning ablations: uniform sampling, no enhancement, no position shifting -> reports/ablation-<dataset>.{json,md}")
@@ -207,11 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="cpu", choices=["cpu", "gpu", "tiny"])
     p.add_argument("--variants", nargs="+", default=None, help="default: full uniform_sampling no_enhancement no_position_shift")
     p.set_defaults(func=cmd_ablate)
-    p = sub.add_parser("variants", help="tune and evaluate each tuning variant (honest/paper hints, pointwise hint) -> reports/quality-<dataset>.*")
+    p = sub.add_parser("variants", help="tune and evaluate each tuning variant (honest/paper hints, pointwise hint, item tokens) -> reports/quality-<dataset>.*")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--backbone", default="lightgcn")
     p.add_argument("--profile", default="cpu", choices=["cpu", "gpu", "tiny"])
-    p.add_argument("--variants", nargs="+", default=["honest_hints", "paper_hints", "honest_hints_no_pointwise_hint"], choices=["honest_hints", "paper_hints", "honest_hints_no_pointwise_hint"])
+    p.add_argument("--variants", nargs="+", default=["honest_hints", "paper_hints", "honest_hints_no_pointwise_hint"], choices=list(VARIANTS))
     p.add_argument("--m", nargs="+", type=int, default=[10])
     p.set_defaults(func=cmd_variants)
     p = sub.add_parser("eval", help="rerank backbones' top-m with the tuned LLM (real vLLM server) and report")

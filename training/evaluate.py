@@ -41,6 +41,7 @@ from service.llm.vllm_server import VLLMServer
 from service.ranking.engine import EngineConfig, RankingEngine, seed_for
 from service.ranking.features import CandidateContext, non_llm_features, rank_among
 from service.ranking.fusion import LearnedFusion, feature_matrix, fuse, fusion_model_path, rank_by
+from service.ranking.item_tokens import prompt_config_of_model
 from service.ranking.prompts import Candidate, PromptConfig
 from service.ranking.tasks import TASKS
 from training.backbone_artifacts import load_backbone
@@ -155,7 +156,7 @@ async def _run_engine(engine: RankingEngine, split: Split, users: np.ndarray, st
             return unscored(u)
         async with slots:
             items = tops[stage][u][:m]
-            cands = [Candidate(ds.items[i].title, backbone_rank=r + 1) for r, i in enumerate(items)]
+            cands = [Candidate(ds.items[i].title, backbone_rank=r + 1, item_id=ds.items[i].item_id) for r, i in enumerate(items)]
             start = time.perf_counter()
             result = await engine.score(user_profile(split, u, set(), prompt_cfg), cands, seed=seed_for(ds.users[u].user_id))
             bar.update(1)
@@ -466,7 +467,7 @@ def serving_validation(paths: Paths, split: Split, model_dir: Path, backbone: st
     its engine outputs are the very cache `make eval` reads for that stage."""
     ds = split.dataset
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    prompt_cfg = PromptConfig(**manifest["prompt_config"])
+    prompt_cfg = prompt_config_of_model(model_dir, manifest["prompt_config"])
     folder = paths.backbone_dir(ds.name, backbone)
     tops = candidate_lists(folder, ds)
     all_users = np.arange(split.n_users)
@@ -499,7 +500,7 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
     tuned_on = manifest.get("data_fingerprint")
     if tuned_on is not None and tuned_on != dataset_fingerprint(dataset):
         raise DataError(req.data_path or req.dataset, f"{model_dir} was tuned on other data (fingerprint {tuned_on[:12]}, these files {dataset_fingerprint(dataset)[:12]}); run `make tune` on them first")
-    prompt_cfg = PromptConfig(**manifest["prompt_config"])
+    prompt_cfg = prompt_config_of_model(model_dir, manifest["prompt_config"])
     for backbone in dict.fromkeys((*req.backbones, *req.feature_backbones)):  # `make tune` trains only the hint backbone; a trained one is skipped
         train_backbone(backbone, dataset, split, paths)
     all_scores = stage_backbone_scores(paths, split, tuple(dict.fromkeys((*req.backbones, *req.feature_backbones))))

@@ -20,7 +20,7 @@ import random
 
 import numpy as np
 
-from service.ranking.prompts import Candidate, PromptConfig, listwise_answer, listwise_prompt, pairwise_prompt, pointwise_prompt
+from service.ranking.prompts import PromptConfig, listwise_answer, listwise_prompt, pairwise_prompt, pointwise_prompt
 from training.data.split import NO_ITEM, Split
 from training.hint_split import Targets
 from training.instructions import ExampleBuilder, InstructionConfig, user_profile
@@ -69,7 +69,7 @@ class ServingListExampleBuilder(ExampleBuilder):
             return []
         pos, item = rng.choice(in_list)
         profile = user_profile(self.split, user, set(), self.prompt_cfg)
-        prompt = pointwise_prompt(profile, Candidate(self._title(item), pos + 1), self.prompt_cfg, rng if shift else None, n_candidates=len(lst))
+        prompt = pointwise_prompt(profile, self._candidate(item, pos + 1), self.prompt_cfg, rng if shift else None, n_candidates=len(lst))
         rating = rated[item]
         return [self._example(user, prompt, str(int(round(rating))), {"rating": rating})]
 
@@ -82,7 +82,7 @@ class ServingListExampleBuilder(ExampleBuilder):
             return []
         p, n = rng.choice(positives), rng.choice(negatives)
         profile = user_profile(self.split, user, set(), self.prompt_cfg)
-        cands = {p: Candidate(self._title(lst[p]), p + 1), n: Candidate(self._title(lst[n]), n + 1)}
+        cands = {p: self._candidate(lst[p], p + 1), n: self._candidate(lst[n], n + 1)}
         out = []
         for a, b in ((p, n), (n, p)):
             prompt = pairwise_prompt(profile, cands[a], cands[b], self.prompt_cfg, rng if shift else None)
@@ -98,7 +98,7 @@ class ServingListExampleBuilder(ExampleBuilder):
         if not relevant or len(pool) < self.cfg.n_candidates:
             return []
         recency = {item: t for t, item in enumerate(self.targets.items[user].tolist())}
-        cands = [Candidate(self._title(item), j + 1) for j, item in enumerate(pool)]
+        cands = [self._candidate(item, j + 1) for j, item in enumerate(pool)]
         profile = user_profile(self.split, user, set(), self.prompt_cfg)
         prompt = listwise_prompt(profile, cands, self.prompt_cfg, rng if shift else None)
         letter_of = {idx: pos for pos, idx in enumerate(prompt.candidate_order)}

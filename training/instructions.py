@@ -53,7 +53,7 @@ def user_profile(split: Split, user: int, exclude: set[int], cfg: PromptConfig) 
     """The user's training-period history, minus `exclude`, through the serving code's builder."""
     ds = split.dataset
     history = [
-        HistoryEvent(ds.items[item].title, rating)
+        HistoryEvent(ds.items[item].title, rating, item_id=ds.items[item].item_id)
         for item, rating in zip(split.train_items[user].tolist(), split.train_ratings[user].tolist())
         if item not in exclude
     ]
@@ -82,6 +82,10 @@ class ExampleBuilder:
     def _title(self, item: int) -> str:
         return self.split.dataset.items[item].title
 
+    def _candidate(self, item: int, rank: int) -> Candidate:
+        it = self.split.dataset.items[item]
+        return Candidate(it.title, rank, it.item_id)
+
     def pointwise(self, user: int, rng: random.Random, shift: bool) -> list[dict]:
         items = self.split.train_items[user].tolist()
         ratings = self.split.train_ratings[user].tolist()
@@ -92,7 +96,7 @@ class ExampleBuilder:
         pool = [target] + self._hard_negatives(user, rng, self.cfg.n_candidates - 1)
         rank = self._ranks(user, pool)[0]
         profile = user_profile(self.split, user, {target}, self.prompt_cfg)
-        prompt = pointwise_prompt(profile, Candidate(self._title(target), rank), self.prompt_cfg, rng if shift else None, n_candidates=len(pool))
+        prompt = pointwise_prompt(profile, self._candidate(target, rank), self.prompt_cfg, rng if shift else None, n_candidates=len(pool))
         return [self._example(user, prompt, str(int(round(rating))), {"rating": rating})]
 
     def pairwise(self, user: int, rng: random.Random, shift: bool) -> list[dict]:
@@ -103,7 +107,7 @@ class ExampleBuilder:
         pos, neg = rng.choice(liked), negatives[0]
         ranks = self._ranks(user, [pos, neg])
         profile = user_profile(self.split, user, {pos}, self.prompt_cfg)
-        cands = {pos: Candidate(self._title(pos), ranks[0]), neg: Candidate(self._title(neg), ranks[1])}
+        cands = {pos: self._candidate(pos, ranks[0]), neg: self._candidate(neg, ranks[1])}
         out = []
         for a, b in ((pos, neg), (neg, pos)):
             prompt = pairwise_prompt(profile, cands[a], cands[b], self.prompt_cfg, rng if shift else None)
@@ -128,7 +132,7 @@ class ExampleBuilder:
         rating_of = dict(zip(items, ratings))
         pool = positives + negatives
         ranks = self._ranks(user, pool)
-        cands = [Candidate(self._title(i), r) for i, r in zip(pool, ranks)]
+        cands = [self._candidate(i, r) for i, r in zip(pool, ranks)]
         profile = user_profile(self.split, user, set(positives), self.prompt_cfg)
         prompt = listwise_prompt(profile, cands, self.prompt_cfg, rng if shift else None)
         letter_of = {idx: pos for pos, idx in enumerate(prompt.candidate_order)}

@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from rich.console import Console
 
 from service.llm.hardware import machine_description
 from service.llm.vllm_server import KV_BLOCK_TOKENS
-from service.ranking.prompts import PromptConfig
+from service.ranking.prompts import ITEM_TOKEN_MODES, PromptConfig
 from training.answer_eval import hint_reliability, reference_scores
 from training.backbone_artifacts import load_backbone, training_time_scores, write_backbone_artifacts
 from training.data import Dataset, Split, leave_one_out, load_dataset, require_held_out_users
@@ -36,6 +36,7 @@ from training.instructions import (
     split_users_for_validation,
     write_jsonl,
 )
+from training.item_tokens import VECTOR_KINDS, ItemTokenSet, add_item_tokens, build_item_token_set
 from training.paths import Paths
 from training.sampling import sample_users
 from training.serving_export import write_serving_tables
@@ -76,6 +77,9 @@ def train_backbone(name: str, dataset: Dataset, split: Split, paths: Paths, over
 INSTRUCTIONS_VERSION = 6
 HINT_MODES = ("honest", "paper")
 NOT_TUNING_INPUTS = {"serving_validation_users"}
+# Request fields that joined after exports existed: at these values they stay out of the run key,
+# so those exports keep their keys (and are not retuned).
+KEY_DEFAULTS = {"item_tokens": "off", "item_vectors": "real"}
 
 
 @dataclass(frozen=True)
@@ -96,14 +100,26 @@ class TuneRequest:
     # tuning against 0.60 at serving); it stays a comparison row.
     hints: str = "honest"
     pointwise_hint: bool = True
+    # Collaborative item tokens (training.item_tokens): "off", "beside" (token and title) or "only";
+    # "shuffled" vectors are the ablation, each item projected from another item's vector.
+    item_tokens: str = "off"
+    item_vectors: str = "real"
     export_dir: Path | None = None  # default artifacts/<dataset>/model
+
+    def __post_init__(self) -> None:
+        if self.item_tokens not in ITEM_TOKEN_MODES:
+            raise ValueError(f"item_tokens must be one of {', '.join(ITEM_TOKEN_MODES)}, got {self.item_tokens!r}")
+        if self.item_vectors not in VECTOR_KINDS:
+            raise ValueError(f"item_vectors must be one of {', '.join(VECTOR_KINDS)}, got {self.item_vectors!r}")
+        if self.item_tokens == "off" and self.item_vectors != "real":
+            raise ValueError("item_vectors=shuffled needs item tokens (item_tokens beside or only)")
 
     def key(self, profile: TuneProfile, data_fingerprint: str) -> str:
         """Names the instruction set, the tuning run and the export: the request, the profile and the
         data's content (not its name or folder: the same files elsewhere share the key)."""
         blob = json.dumps(
             {
-                "req": {k: str(v) for k, v in asdict(self).items() if k not in ("export_dir", "data_path")},
+                "req": {k: str(v) for k, v in asdict(self).items() if k not in ("export_dir", "data_path") and not (k in KEY_DEFAULTS and v == KEY_DEFAULTS[k])},
                 "data": data_fingerprint,
                 "profile": profile.model_dump(exclude=NOT_TUNING_INPUTS),
                 "instructions_version": INSTRUCTIONS_VERSION,
@@ -133,6 +149,7 @@ def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Datas
         with_hints=req.enhancement,
         with_pointwise_hint=req.pointwise_hint,
         token_block=KV_BLOCK_TOKENS,
+        item_tokens=req.item_tokens,
     )
     inst_cfg = InstructionConfig(seed=profile.seed)
     serving_backbone = load_backbone(paths.backbone_dir(dataset.name, req.backbone))
@@ -142,12 +159,16 @@ def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Datas
         folder_of_hints = paths.backbone_dir(dataset.name, f"{req.backbone}-{cut.tag}")
         train_backbone(req.backbone, dataset, hint_split, paths, folder=folder_of_hints)
         backbone, source = load_backbone(folder_of_hints), hint_split
+        tokens = item_tokens_for(req, hint_split, folder_of_hints, profile.seed)
+        prompt_cfg = replace(prompt_cfg, token_table=tokens.table() if tokens else None)
         builder = ServingListExampleBuilder(
             hint_split, "valid", training_time_scores(backbone, hint_split), targets, prompt_cfg, inst_cfg, masked_items=hint_split.valid_item
         )
         eligible = np.array([u for u in targets.users() if len(hint_split.liked_sequence(u)) >= 2])
     else:
         backbone, source = serving_backbone, split
+        tokens = item_tokens_for(req, split, paths.backbone_dir(dataset.name, req.backbone), profile.seed)
+        prompt_cfg = replace(prompt_cfg, token_table=tokens.table() if tokens else None)
         builder = ExampleBuilder(split, training_time_scores(backbone, split), prompt_cfg, inst_cfg)
         eligible = np.array([u for u in range(split.n_users) if len(split.liked_sequence(u)) >= 2])
     all_users = np.arange(split.n_users)
@@ -170,7 +191,11 @@ def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Datas
     from training.base_model import ensure_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_base_model(paths.cache, req.model_path))
+    if tokens is not None:  # counted as tuning encodes them
+        add_item_tokens(tokenizer, tokens.tokens)
     with atomic_folder(folder) as staging:
+        if tokens is not None:
+            tokens.save(staging)
         data_hash = write_jsonl(train_rows, staging / "train.jsonl")
         write_jsonl(valid_rows, staging / "valid.jsonl")
         stats = {
@@ -181,11 +206,23 @@ def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Datas
             "hints": req.hints,
             "hint_reliability": reliability,
             "data_hash": data_hash,
-            "prompt_config": asdict(prompt_cfg),
+            "prompt_config": prompt_cfg.to_dict(),
+            "item_tokens": tokens.describe() if tokens else None,
         }
         (staging / "stats.json").write_text(json.dumps(stats, indent=2))
     console.print(f"instruction set: {stats['train']['per_task']} train, {stats['valid']['per_task']} valid -> {folder}")
     return folder
+
+
+def item_tokens_for(req: TuneRequest, hint_split: Split, backbone_dir: Path, seed: int) -> ItemTokenSet | None:
+    """The item tokens of a request: the items of the data the hint backbone was fitted on, from
+    that backbone's vectors (the backbone whose hints the prompts carry; training.item_tokens says
+    why serving keeps them too)."""
+    if req.item_tokens == "off":
+        return None
+    tokens = build_item_token_set(hint_split, backbone_dir, req.item_vectors, seed)
+    console.print(f"item tokens ({req.item_tokens}): {len(tokens.item_ids)} items, {tokens.kind} vectors of {backbone_dir}")
+    return tokens
 
 
 def serving_hint_reliability(split: Split, backbone, prompt_cfg: PromptConfig, inst_cfg: InstructionConfig) -> dict:
@@ -244,12 +281,13 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
     valid_rows = read_jsonl(inst_dir / "valid.jsonl")
     t0 = time.perf_counter()
     token_block = PromptConfig(**json.loads((inst_dir / "stats.json").read_text())["prompt_config"]).token_block
-    adapter = train_lora(base, train_rows, run_dir, profile, token_block)
+    item_tokens = ItemTokenSet.load(inst_dir)
+    adapter = train_lora(base, train_rows, run_dir, profile, token_block, item_tokens)
     tune_seconds = time.perf_counter() - t0
     if rank != 0:
         return export_dir
     with atomic_folder(export_dir) as staging:
-        merge_adapter(base, adapter, staging)
+        written_tokens = merge_adapter(base, adapter, staging, item_tokens)
         validation = compare_on_validation(base, staging, valid_rows, token_block)
         validation["reference"] = reference_scores(valid_rows, train_rows)
         stats = json.loads((inst_dir / "stats.json").read_text())
@@ -264,6 +302,9 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
             "position_shift": req.position_shift,
             "hints": req.hints,
             "pointwise_hint": req.pointwise_hint,
+            "item_tokens": req.item_tokens,
+            "item_vectors": req.item_vectors,
+            "item_token_rows": written_tokens,
             "hint_reliability": stats.get("hint_reliability"),
             "profile": profile.model_dump(),
             "prompt_config": stats["prompt_config"],

@@ -22,6 +22,11 @@ VARIANTS: dict[str, dict] = {
     "honest_hints": {"hints": "honest", "pointwise_hint": True},
     "paper_hints": {"hints": "paper", "pointwise_hint": True},
     "honest_hints_no_pointwise_hint": {"hints": "honest", "pointwise_hint": False},
+    # Collaborative item tokens (training.item_tokens) on honest hints; "shuffled" is the ablation
+    # that must do clearly worse on validation for the tokens to count.
+    "item_tokens": {"hints": "honest", "pointwise_hint": True, "item_tokens": "beside", "item_vectors": "real"},
+    "item_tokens_shuffled": {"hints": "honest", "pointwise_hint": True, "item_tokens": "beside", "item_vectors": "shuffled"},
+    "item_tokens_only": {"hints": "honest", "pointwise_hint": True, "item_tokens": "only", "item_vectors": "real"},
 }
 
 
@@ -32,15 +37,22 @@ def variant_export_dir(artifacts: Path, dataset: str, variant: str) -> Path:
 
 def variant_of(manifest: dict) -> str:
     if manifest.get("hints", "paper") == "paper":
-        return "paper_hints"
-    return "honest_hints" if manifest.get("pointwise_hint", True) else "honest_hints_no_pointwise_hint"
+        hints = "paper_hints"
+    else:
+        hints = "honest_hints" if manifest.get("pointwise_hint", True) else "honest_hints_no_pointwise_hint"
+    tokens = manifest.get("item_tokens", "off")
+    if tokens == "off":
+        return hints
+    name = "item_tokens" if tokens == "beside" else f"item_tokens_{tokens}"
+    name += "_shuffled" if manifest.get("item_vectors") == "shuffled" else ""
+    return name if hints == "honest_hints" else f"{hints}_{name}"
 
 
 def default_variant() -> str:
     from training.pipeline import TuneRequest
 
     req = TuneRequest()
-    return variant_of({"hints": req.hints, "pointwise_hint": req.pointwise_hint})
+    return variant_of({"hints": req.hints, "pointwise_hint": req.pointwise_hint, "item_tokens": req.item_tokens, "item_vectors": req.item_vectors})
 
 
 def quality_rows(variant: str, backbone: str, report: dict) -> list[dict]:

@@ -1,17 +1,23 @@
 """LoRA instruction tuning (peft + transformers' Trainer) and the profiles it runs under.
 
 Loss is on the answer only: prompt tokens get the label -100. Checkpoints go to `<run>/checkpoints`; a rerun resumes from the last one.
+With collaborative item tokens (`training.item_tokens`) the item tokens' projection is trained with the
+adapter, saved beside it, and written into the merged model's vocabulary at export.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from service.llm.hardware import cpu_has_fast_bf16
 from service.llm.prompt_tokens import PromptEncoder
+
+if TYPE_CHECKING:
+    from training.item_tokens import ItemTokenSet
 
 
 class TuneProfile(BaseModel):
@@ -80,8 +86,9 @@ def encode_example(tokenizer, row: dict, max_length: int, token_block: int = 0) 
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt_ids) + answer_ids}
 
 
-def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile: TuneProfile, token_block: int = 0) -> Path:
-    """Tune a LoRA adapter on `train_rows`; return the folder holding the final adapter.
+def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile: TuneProfile, token_block: int = 0, item_tokens: ItemTokenSet | None = None) -> Path:
+    """Tune a LoRA adapter on `train_rows` (and, with `item_tokens`, their projection); return the
+    folder holding the final adapter.
 
     transformers' Trainer with our own answer-only labels: measured here, TRL's SFTTrainer took
     8-12 s per step against 4-7 s for the same batches (it also computes entropy and token
@@ -108,6 +115,14 @@ def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile:
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
+    callbacks, projection = [], None
+    if item_tokens is not None:  # after peft: the projection's layers get no LoRA, and train in full
+        from training.item_tokens import add_item_tokens, install_item_embedding, new_projection, projection_saver
+
+        token_ids = add_item_tokens(tokenizer, item_tokens.tokens)
+        projection = new_projection(item_tokens, model.get_input_embeddings().weight, profile.seed)
+        install_item_embedding(model, projection, item_tokens, token_ids)
+        callbacks.append(projection_saver(projection))
     dataset = [encode_example(tokenizer, r, profile.max_length, token_block) for r in train_rows]
     ckpt_dir = out_dir / "checkpoints"
     args = TrainingArguments(
@@ -130,26 +145,43 @@ def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile:
         seed=profile.seed,
         dataloader_num_workers=0,
     )
-    trainer = AnswerOnlyTrainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
+    trainer = AnswerOnlyTrainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=callbacks)
     resume = last_checkpoint(ckpt_dir)
+    if projection is not None and resume is not None:
+        from training.item_tokens import load_projection
+
+        load_projection(resume, into=projection)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():  # with several GPUs only the first process writes
+        if projection is not None:  # first: the adapter's config file is what marks the run done
+            from training.item_tokens import save_projection
+
+            save_projection(projection, adapter_dir)
         model.save_pretrained(adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
         (out_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return adapter_dir
 
 
-def merge_adapter(base_model: Path, adapter_dir: Path, target: Path) -> None:
-    """Fold the LoRA weights into the base model and save a plain HF folder (safetensors) vLLM serves."""
+def merge_adapter(base_model: Path, adapter_dir: Path, target: Path, item_tokens: ItemTokenSet | None = None) -> dict | None:
+    """Fold the LoRA weights into the base model and save a plain HF folder (safetensors) vLLM serves.
+    With `item_tokens`, the tokens and their projected rows go into its vocabulary; returns what the
+    manifest records of them (None without)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    written = None
+    if item_tokens is not None:
+        from training.item_tokens import load_projection, write_item_rows
+
+        written = write_item_rows(merged, tokenizer, item_tokens, load_projection(adapter_dir))
     merged.save_pretrained(target, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base_model).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return written
 
 
 def thread_settings() -> None:

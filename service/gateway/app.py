@@ -50,6 +50,7 @@ from service.gateway.store import EventsLogError, InteractionStore
 from service.llm.client import LLMSettings, VLLMClient
 from service.ranking.engine import EngineConfig, RankingEngine
 from service.ranking.fusion import FusionModelError
+from service.ranking.item_tokens import ItemTokensError, attach_token_table
 from service.ranking.prompts import PromptConfig
 
 log = logging.getLogger("recranker.gateway")
@@ -78,6 +79,10 @@ def prompt_config_of(model_dir: Path, dataset: str, max_liked: int | None = None
     manifest = model_dir / "manifest.json"
     cfg = json.loads(manifest.read_text()).get("prompt_config") if manifest.is_file() else None
     config = PromptConfig(**cfg) if cfg else PromptConfig(domain="book" if dataset == "bookcrossing" else "movie")
+    try:  # a model tuned with item tokens names items by them; its tokenizer says which have one
+        config = attach_token_table(config, model_dir)
+    except ItemTokensError as exc:
+        raise StartupError(str(exc)) from None
     overrides = {k: v for k, v in (("max_liked", max_liked), ("max_disliked", max_disliked)) if v is not None}
     return dataclasses.replace(config, **overrides)
 

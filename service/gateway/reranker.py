@@ -263,7 +263,7 @@ class RerankService:
             trace.degrade("llm_deadline")
             return utilities, repaired
         profile = build_profile(history, self.store.liked_at_least, self.store.disliked_at_most, self.store.demographics(req.user_id))
-        candidates = [Candidate(c.title, backbone_rank=i + 1) for i, c in enumerate(catalog)]
+        candidates = [Candidate(c.title, backbone_rank=i + 1, item_id=c.item_id) for i, c in enumerate(catalog)]
         try:
             result = await self._score_admitted(profile, candidates, missing, remaining, req.user_id)
         except Overloaded as exc:

@@ -151,7 +151,7 @@ async def baseline_scenario(server: VLLMServer, store: InteractionStore, setting
         nonlocal failed
         user = users[i % len(users)]
         profile = build_profile(store.history(user), store.liked_at_least, store.disliked_at_most, store.demographics(user))
-        cands = [Candidate(store.items[item].title, backbone_rank=r + 1) for r, item in enumerate(candidates[user])]
+        cands = [Candidate(store.items[item].title, backbone_rank=r + 1, item_id=item) for r, item in enumerate(candidates[user])]
         _, bad = await baseline_rank(llm, profile, cands, cfg, seed_for(user))
         failed += bad
         return Outcome(0.0, True)

@@ -34,7 +34,7 @@ def build_profile(history: Iterable[HistoryEvent], liked_at_least: float, dislik
     liked, disliked = [], []
     for event in history:
         if event.rating >= liked_at_least:
-            liked.append(RatedItem(event.title, event.rating))
+            liked.append(RatedItem(event.title, event.rating, event.item_id))
         elif event.rating <= disliked_at_most:
-            disliked.append(RatedItem(event.title, event.rating))
+            disliked.append(RatedItem(event.title, event.rating, event.item_id))
     return UserProfile(liked=liked, disliked=disliked, age=who.age, gender=who.gender, occupation=who.occupation)

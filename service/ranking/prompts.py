@@ -11,6 +11,11 @@ Answers are one short token sequence scored from token probabilities:
   pointwise -> one rating digit, pairwise -> "Yes" / "No", listwise -> candidate letters "C, A, E".
 Position shifting (shuffled history and candidate order, pairs in both orders) is the caller's
 choice through `shuffle_rng`; serving passes none and keeps the given order.
+
+Collaborative item tokens (`PromptConfig.item_tokens`): a model tuned with them has one vocabulary
+token per item (`<item:ID>`, see `service.ranking.item_tokens`), and every history and candidate line
+names the item by it, beside the title ("beside") or instead of it ("only"). An item without a token
+in the config's table (added after the export) is named by its title alone, in every mode.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from __future__ import annotations
 import random
 import re
 import string
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 LETTERS = string.ascii_uppercase
 MAX_TITLE_CHARS = 120
@@ -28,6 +33,8 @@ _SPACES = re.compile(r"\s+")
 # Between the user block and a task's question; `service.llm.prompt_tokens` aligns KV blocks at it.
 # Titles cannot contain it: sanitize_title removes "#" and newlines.
 QUESTION_HEADING = "\n\n## Question\n"
+# "off": titles only; "beside": the item's token, then its title; "only": the token alone.
+ITEM_TOKEN_MODES = ("off", "beside", "only")
 
 
 def sanitize_title(title: str) -> str:
@@ -43,6 +50,7 @@ def sanitize_title(title: str) -> str:
 class RatedItem:
     title: str
     rating: float
+    item_id: str | None = None  # names the item's token, where the model has one
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class UserProfile:
 class Candidate:
     title: str
     backbone_rank: int | None = None  # 1-based rank in the retrieval backbone's list, the hint
+    item_id: str | None = None  # names the item's token, where the model has one
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,29 @@ class PromptConfig:
     # KV-block size the prompts' token ids are padded to (service/llm/prompt_tokens.py); part of
     # what a model learned, so its manifest records it. 0: plain encoding (models tuned before it).
     token_block: int = 0
+    # Collaborative item tokens (ITEM_TOKEN_MODES); also part of what a model learned.
+    item_tokens: str = "off"
+    # item id -> token of the model's items (service.ranking.item_tokens.attach_token_table). Not a
+    # setting but the model's vocabulary: kept out of the manifest's record (`to_dict`).
+    token_table: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.item_tokens not in ITEM_TOKEN_MODES:
+            raise ValueError(f"item_tokens is {self.item_tokens!r}; expected one of {', '.join(ITEM_TOKEN_MODES)}")
+
+    def to_dict(self) -> dict:
+        """What a manifest records; `PromptConfig(**d)` reads it back (without the token table)."""
+        record = asdict(replace(self, token_table=None))
+        del record["token_table"]
+        return record
+
+    def token_of(self, item_id: str | None) -> str | None:
+        """The token an item is named by in these prompts, or None (title alone)."""
+        if self.item_tokens == "off" or item_id is None:
+            return None
+        if self.token_table is None:
+            raise ValueError(f"prompt config asks for item tokens ({self.item_tokens}) but has no token table (service.ranking.item_tokens.attach_token_table)")
+        return self.token_table.get(item_id)
 
 
 @dataclass(frozen=True)
@@ -107,8 +139,17 @@ def _profile_line(user: UserProfile) -> str | None:
     return f"The user is {band}." if band else None
 
 
-def _titles(items: Sequence[RatedItem]) -> str:
-    return "; ".join(f"{sanitize_title(it.title)} ({it.rating:g})" for it in items) or "(none)"
+def _name(title: str, item_id: str | None, cfg: PromptConfig, quoted: bool) -> str:
+    """How a prompt names an item: its title (quoted in questions), with or as its item token."""
+    token = cfg.token_of(item_id)
+    title = f'"{sanitize_title(title)}"' if quoted else sanitize_title(title)
+    if token is None:
+        return title
+    return token if cfg.item_tokens == "only" else f"{token} {title}"
+
+
+def _titles(items: Sequence[RatedItem], cfg: PromptConfig) -> str:
+    return "; ".join(f"{_name(it.title, it.item_id, cfg, quoted=False)} ({it.rating:g})" for it in items) or "(none)"
 
 
 def _shared_block(user: UserProfile, cfg: PromptConfig, rng: random.Random | None) -> list[dict[str, str]]:
@@ -126,8 +167,8 @@ def _shared_block(user: UserProfile, cfg: PromptConfig, rng: random.Random | Non
     profile = _profile_line(user) if cfg.with_features else None
     if profile:
         lines.append(profile)
-    lines.append(f"{noun.capitalize()} the user liked (rating out of {cfg.max_rating}): {_titles(liked)}")
-    lines.append(f"{noun.capitalize()} the user disliked: {_titles(disliked)}")
+    lines.append(f"{noun.capitalize()} the user liked (rating out of {cfg.max_rating}): {_titles(liked, cfg)}")
+    lines.append(f"{noun.capitalize()} the user disliked: {_titles(disliked, cfg)}")
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(lines)}]
 
 
@@ -141,7 +182,7 @@ def pointwise_prompt(user: UserProfile, candidate: Candidate, cfg: PromptConfig 
     question = f"How would the user rate the {cfg.domain} below? Answer with one digit from 1 to {cfg.max_rating}."
     if hinted:
         question += " In brackets: its rank by a conventional recommender for this user."
-    question += f'\n{cfg.domain.capitalize()}: "{sanitize_title(candidate.title)}"'
+    question += f"\n{cfg.domain.capitalize()}: {_name(candidate.title, candidate.item_id, cfg, quoted=True)}"
     if hinted:
         of = f" of {n_candidates}" if n_candidates else ""
         question += f" [#{candidate.backbone_rank}{of}]"
@@ -151,7 +192,7 @@ def pointwise_prompt(user: UserProfile, candidate: Candidate, cfg: PromptConfig 
 def pairwise_prompt(user: UserProfile, a: Candidate, b: Candidate, cfg: PromptConfig = PromptConfig(), shuffle_rng: random.Random | None = None) -> Prompt:
     shared = _shared_block(user, cfg, shuffle_rng)
     question = f"Would the user prefer {cfg.domain} A over {cfg.domain} B? Answer Yes or No."
-    question += f'\nA: "{sanitize_title(a.title)}"\nB: "{sanitize_title(b.title)}"'
+    question += f"\nA: {_name(a.title, a.item_id, cfg, quoted=True)}\nB: {_name(b.title, b.item_id, cfg, quoted=True)}"
     if cfg.with_hints and a.backbone_rank is not None and b.backbone_rank is not None:
         better = "A" if a.backbone_rank < b.backbone_rank else "B"
         question += f"\nA conventional recommender prefers {better}."
@@ -172,7 +213,7 @@ def listwise_prompt(user: UserProfile, candidates: Sequence[Candidate], cfg: Pro
         f"Answer with {top} letters separated by commas, like: {example}",
         f"Candidate {cfg.domain}s:",
     ]
-    lines += [f"{LETTERS[pos]}. {sanitize_title(candidates[idx].title)}" for pos, idx in enumerate(order)]
+    lines += [f"{LETTERS[pos]}. {_name(candidates[idx].title, candidates[idx].item_id, cfg, quoted=False)}" for pos, idx in enumerate(order)]
     ranked = [pos for pos, idx in sorted(enumerate(order), key=lambda p: candidates[p[1]].backbone_rank or 10**9)]
     if cfg.with_hints and all(c.backbone_rank is not None for c in candidates):
         lines.append(f"A conventional recommender's top {top}: " + ", ".join(LETTERS[p] for p in ranked[:top]) + ".")

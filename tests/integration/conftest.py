@@ -4,6 +4,7 @@ vLLM (CPU) server on its merged export."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,14 @@ def tiny_artifacts(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_export(tiny_artifacts) -> Path:
     return run_tune(TINY, Paths(cache=CACHE, artifacts=tiny_artifacts))
+
+
+@pytest.fixture(scope="session")
+def tiny_item_tokens_export(tiny_artifacts) -> Path:
+    """The tiny run with collaborative item tokens beside the titles, in its own export folder
+    beside `tiny_export`'s (the two share the hint backbone)."""
+    req = replace(TINY, item_tokens="beside", export_dir=tiny_artifacts / "ml-100k" / "model-item_tokens")
+    return run_tune(req, Paths(cache=CACHE, artifacts=tiny_artifacts))
 
 
 @pytest.fixture(scope="session")
