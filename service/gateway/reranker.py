@@ -221,11 +221,8 @@ class RerankService:
     async def _score_admitted(self, profile, candidates, tasks, budget_s: float, user_id: str):
         if self.admission is None:
             return await self.engine.score(profile, candidates, tasks=tasks, deadline_s=budget_s, seed=seed_for(user_id))
-        async with self.admission.slot(budget_s) as left_s:
-            t = time.perf_counter()
-            result = await self.engine.score(profile, candidates, tasks=tasks, deadline_s=left_s, seed=seed_for(user_id))
-            self.admission.record(time.perf_counter() - t)
-            return result
+        async with self.admission.slot(budget_s) as left_s:  # it learns the scoring time itself
+            return await self.engine.score(profile, candidates, tasks=tasks, deadline_s=left_s, seed=seed_for(user_id))
 
     async def _task_utilities(self, req, tasks, history, catalog, budget_s: float, trace: RequestTrace) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Utilities of the tasks that finished in time with usable answers, cached ones first."""

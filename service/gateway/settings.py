@@ -36,11 +36,11 @@ class GatewaySettings(BaseSettings):
     llm_model: str = "recranker"
     llm_timeout_s: float = 30.0
     llm_max_concurrency: int = 256
-    # Admission control (service/gateway/admission.py): users scored at once (the measured capacity
-    # of 2 CPU cores: `make bench` runs 4 in flight; more at once only makes each slower), how many
-    # more may wait for a slot, and
-    # what a request that cannot get one in time gets: "degrade" (200, backbone order, reason
-    # `overloaded`) or "reject" (429 with Retry-After).
+    # Admission control (service/gateway/admission.py): at most this many users scored at once
+    # (fewer when the measured scoring time says more would miss their deadlines; past a few at once
+    # every request only gets slower), how many more may wait for room, and what a request that
+    # cannot get it in time gets: "degrade" (200, backbone order, reason `overloaded`) or "reject"
+    # (429 with Retry-After).
     llm_slots: int = Field(default=4, ge=1)
     llm_max_waiting: int = Field(default=4, ge=0)
     overload_response: Literal["degrade", "reject"] = "degrade"

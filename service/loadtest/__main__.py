@@ -135,7 +135,7 @@ async def pressure_scenarios(base: str, all_users: list[str], items: list[str], 
     out = {}
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=httpx.Limits(max_connections=200, max_keepalive_connections=200)) as http:
         console.print(f"overload: {2 * capacity_rps:.2f} users/s (twice the capacity) for {args.overload_duration:.0f}s")
-        out["overload"] = await overload_scenario(http, all_users, capacity_rps, args.overload_duration, args.m)
+        out["overload"] = await overload_scenario(http, all_users, capacity_rps, args.overload_duration, args.m, GatewaySettings().default_deadline_ms)
         if args.soak_duration > 0:
             console.print(f"soak: {capacity_rps / 2:.2f} requests/s for {args.soak_duration:.0f}s, one in five an event")
             out["soak"] = await soak_scenario(http, all_users, items, capacity_rps, args.soak_duration, args.m, stack_pid, events_log)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--m", type=int, default=10)
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--duration", type=float, default=20.0)
-    p.add_argument("--overload-duration", type=float, default=60.0)
+    p.add_argument("--overload-duration", type=float, default=120.0)
     p.add_argument("--soak-duration", type=float, default=600.0, help="0 skips the soak")
     p.add_argument("--out", type=Path, default=Path("reports/bench.json"))
     args = p.parse_args(argv)

@@ -1,7 +1,8 @@
 """`make bench`'s pressure scenarios against the running stack, after `hybrid` measured capacity:
 
   overload  uncached users at twice the capacity (open loop, the serving default deadline): goodput,
-            the answers that were not degraded per second, against the capacity
+            the answers that were not degraded per second, against the capacity (the hybrid's users/s
+            with 4 in flight and no deadline)
   soak      half the capacity for --soak-duration seconds, with one POST /events per five reranks:
             errors, accepted events missing from the gateway's events log, the stack's memory
 """
@@ -23,7 +24,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def overload_scenario(http: httpx.AsyncClient, all_users: list[str], capacity_rps: float, duration_s: float, m: int) -> dict:
+async def overload_scenario(http: httpx.AsyncClient, all_users: list[str], capacity_rps: float, duration_s: float, m: int, deadline_ms: int) -> dict:
     rng = random.Random(2)
     reasons: dict[str, int] = {}
 
@@ -45,7 +46,7 @@ async def overload_scenario(http: httpx.AsyncClient, all_users: list[str], capac
     goodput = full / wall if wall else 0.0
     return summarise(outcomes, wall, target_rps=round(rate, 3), capacity_rps=round(capacity_rps, 3), goodput_rps=round(goodput, 3),
                      goodput_share_of_capacity=round(goodput / capacity_rps, 3) if capacity_rps else 0.0,
-                     degraded_reasons=reasons).as_dict()
+                     deadline_ms=deadline_ms, degraded_reasons=reasons).as_dict()
 
 
 async def soak_scenario(http: httpx.AsyncClient, all_users: list[str], items: list[str], capacity_rps: float, duration_s: float, m: int,
