@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from training.backbones.sequence import (
@@ -76,9 +75,11 @@ class BERT4Rec(SequentialBackbone):
         labels = np.where(hidden, tokens, PAD)
         return inputs, labels
 
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.module.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
     def train_epoch(self, split: Split, rng: np.random.Generator) -> float:
-        if not hasattr(self, "optimizer_"):
-            self.optimizer_ = torch.optim.AdamW(self.module.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        optimizer = self.optimizer()
         reseed_torch(rng)
         L = self.config.max_len
         pieces = [w for seq in training_sequences(split, min_len=1) for w in windows(seq, L, L)]
@@ -88,10 +89,10 @@ class BERT4Rec(SequentialBackbone):
             inputs, labels = (torch.from_numpy(a).to(self.device) for a in self.cloze(tokens[idx], rng))
             hidden = labels != PAD
             states = self.module(inputs)[hidden]
-            loss = F.cross_entropy(self.module.logits(states), labels[hidden] - 1)
-            self.optimizer_.zero_grad()
+            loss = self.output_loss(states, labels[hidden] - 1, self.module.encoder.item_table(self.n_items), self.module.bias)
+            optimizer.zero_grad()
             loss.backward()
-            self.optimizer_.step()
+            optimizer.step()
             losses.append(loss.item())
         return float(np.mean(losses)) if losses else 0.0
 
