@@ -11,8 +11,8 @@ cost and balance: the contrastive anchors are capped (`max_anchors` users and as
 random from the batch's; each is scored against all users or items of the other view), and the
 contrastive weight shrinks as the batch grows. BPR is a mean over the batch, so each like's pull
 falls as 1 / batch while the contrastive mean over the capped anchors does not; without the
-correction the contrastive term swamped BPR on 1M ratings (validation NDCG@10 at 0.002, chance
-level, after 4 epochs, against 0.056 after 3 with it).
+correction the contrastive term swamped BPR on 1M synthetic ratings (validation NDCG@10 at 0.002,
+chance level, after 4 epochs; with it, test NDCG@10 0.0814 after 13 epochs, LightGCN 0.0836).
 """
 
 from __future__ import annotations
