@@ -13,7 +13,7 @@ PROFILE ?= cpu
 HINT_BACKBONE ?= lightgcn
 SAMPLING ?= adaptive
 
-.PHONY: install data backbones tune ablate eval variants serve bench deploy-check dashboards test test-all lint clean
+.PHONY: install data backbones bench-scaling tune ablate eval variants serve bench deploy-check dashboards test test-all lint clean
 
 $(PY):
 	python3.11 -m venv $(VENV)
@@ -35,6 +35,14 @@ data: $(PY)
 # Trains every backbone on the embedded default; a backbone whose metrics.json exists is skipped.
 backbones: $(PY)
 	$(PY) -m training backbones $(DATA_ARGS) --names $(BACKBONES)
+
+# How backbone training grows with the data: each backbone on synthetic ML-1M look-alikes of 100K, 250K,
+# 500K and 1M ratings (full training at 1M, SCALING_EPOCHS epochs below), each in its own process ->
+# reports/scaling.{json,md,png}. A benchmark, not a test: run it on an idle machine (~30-35 min on 2 cores).
+SCALING_SIZES ?= 100000 250000 500000 1000000
+SCALING_EPOCHS ?= 3
+bench-scaling: $(PY)
+	$(PY) -m training.scaling_bench --sizes $(SCALING_SIZES) --backbones $(BACKBONES) --epochs-below $(SCALING_EPOCHS)
 
 # data -> backbone -> sampling -> instructions -> LoRA -> merged export in artifacts/$(DATASET)/model.
 # PROFILE=gpu on a GPU host; a second run reuses every cached step.

@@ -45,6 +45,10 @@ from training.tune import PROFILES, TuneProfile, merge_adapter, thread_settings,
 console = Console(soft_wrap=True)
 
 
+# Seconds between backbone checkpoints: an interruption loses at most this much training.
+CHECKPOINT_EVERY_S = 30.0
+
+
 def train_backbone(name: str, dataset: Dataset, split: Split, paths: Paths, overrides: dict | None = None, force: bool = False, folder: Path | None = None) -> dict:
     from training.backbones import get_backbone
 
@@ -60,9 +64,14 @@ def train_backbone(name: str, dataset: Dataset, split: Split, paths: Paths, over
     cls = get_backbone(name)
     config = cls.Config(**{**cls.Config().model_dump(), **(overrides or {})})
     model = cls(dataset.n_users, dataset.n_items, config)
-    console.print(f"training [bold]{name}[/bold] on {model.device}: {config.model_dump()}")
-    log = model.fit(split)
+    # The same backbone, settings and split resume from this file after an interruption; it goes
+    # once the artefacts are written.
+    checkpoint = folder.parent / ".checkpoints" / f"{folder.name}-{model.checkpoint_key(fingerprint)}.pt"
+    resume = " (resuming from its checkpoint)" if checkpoint.is_file() else ""
+    console.print(f"training [bold]{name}[/bold] on {model.device}{resume}: {config.model_dump()}")
+    log = model.fit(split, checkpoint=checkpoint, checkpoint_every_s=CHECKPOINT_EVERY_S)
     report = write_backbone_artifacts(model, split, log, folder, data_fingerprint=fingerprint)
+    checkpoint.unlink(missing_ok=True)
     console.print(
         f"{name}: test HR@10 {report['HR@10']:.4f} NDCG@10 {report['NDCG@10']:.4f} "
         f"(best epoch {log.best_epoch}, {log.seconds:.0f}s) -> {folder}"

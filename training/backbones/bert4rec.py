@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from training.backbones.sequence import (
@@ -32,6 +31,10 @@ class BERT4RecConfig(SequenceConfig):
     mask_prob: float = 0.2  # share of items hidden in a training sequence
     # Share of sequences where only the last item is hidden: the exact shape of the inference task.
     last_only_prob: float = 0.1
+    # Always the full softmax: with the sampled one (uniform negatives) BERT4Rec stalled on 1M synthetic
+    # ratings (validation NDCG@10 0.038 after one epoch, then falling; test 0.024, below popularity),
+    # with the full one it reached 0.094 and 0.108 after two and three epochs.
+    full_softmax_items: int = 1_000_000
 
 
 class BERT4RecModule(nn.Module):
@@ -76,9 +79,11 @@ class BERT4Rec(SequentialBackbone):
         labels = np.where(hidden, tokens, PAD)
         return inputs, labels
 
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.module.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
     def train_epoch(self, split: Split, rng: np.random.Generator) -> float:
-        if not hasattr(self, "optimizer_"):
-            self.optimizer_ = torch.optim.AdamW(self.module.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        optimizer = self.optimizer()
         reseed_torch(rng)
         L = self.config.max_len
         pieces = [w for seq in training_sequences(split, min_len=1) for w in windows(seq, L, L)]
@@ -88,10 +93,10 @@ class BERT4Rec(SequentialBackbone):
             inputs, labels = (torch.from_numpy(a).to(self.device) for a in self.cloze(tokens[idx], rng))
             hidden = labels != PAD
             states = self.module(inputs)[hidden]
-            loss = F.cross_entropy(self.module.logits(states), labels[hidden] - 1)
-            self.optimizer_.zero_grad()
+            loss = self.output_loss(states, labels[hidden] - 1, self.module.encoder.item_table(self.n_items), self.module.bias)
+            optimizer.zero_grad()
             loss.backward()
-            self.optimizer_.step()
+            optimizer.step()
             losses.append(loss.item())
         return float(np.mean(losses)) if losses else 0.0
 

@@ -3,6 +3,12 @@
 The graph is the symmetric-normalised user-item adjacency D^-1/2 A D^-1/2 of the training likes;
 there are no feature transforms or non-linearities, so the only parameters are the ego embeddings
 (the same tables as MF) and the BPR loss, sampler and epoch loop come from mf.py.
+
+Cost: every training step propagates the whole graph (K sparse products forward, K backward), which
+costs in proportion to the likes. An epoch therefore takes at most `max_steps_per_epoch` steps (the
+batch grows with the data above ML-100K's size, base.scaled_batch), so an epoch's propagations stay
+a constant number and its time grows linearly with the likes, not with their square. Outside
+training the propagated tables are computed once per set of weights and reused for scoring.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class LightGCN(MF):
         reg: float = 1e-4
         lr: float = 1e-2
         batch_size: int = 2048  # each step propagates the whole graph, so fewer, larger steps
+        max_steps_per_epoch: int = 32  # ML-100K takes 27; above, the batch grows (see the module docstring)
 
     config: Config
 
@@ -71,6 +78,8 @@ class LightGCN(MF):
         # Training likes as (user, item) rows: the graph is rebuilt from them after `load`.
         self.edges_: np.ndarray | None = None
         self.graph_: torch.Tensor | None = None
+        self.propagations_ = 0  # full-graph propagations so far (a measure of training cost)
+        self.cached_tables_: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def prepare(self, split: Split) -> None:
         super().prepare(split)
@@ -79,9 +88,11 @@ class LightGCN(MF):
     def set_edges(self, edges: np.ndarray) -> None:
         self.edges_ = edges
         self.graph_ = normalized_adjacency(edges[:, 0], edges[:, 1], self.n_users, self.n_items, self.device)
+        self.cached_tables_ = None
 
     def propagate(self, graph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean of layers 0..K of the embeddings, layer k+1 = graph @ layer k."""
+        self.propagations_ += 1
         layer = torch.cat([self.module.user.weight, self.module.item.weight])
         total = layer
         for _ in range(self.config.n_layers):
@@ -93,7 +104,16 @@ class LightGCN(MF):
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.graph_ is None:
             raise RuntimeError(f"{self.name}: no interaction graph yet; call fit() or load() first")
-        return self.propagate(self.graph_)
+        if torch.is_grad_enabled():
+            return self.propagate(self.graph_)
+        # Without gradients (evaluation, scoring) the result depends only on the weights and the
+        # graph: reuse it until either changes. A tensor's version counter moves with every in-place
+        # update (an optimizer step, load_state_dict), so a stale table is never served.
+        weights = (self.module.user.weight, self.module.item.weight)
+        key = (id(self.graph_), *((id(w), w._version) for w in weights))
+        if self.cached_tables_ is None or self.cached_tables_[0] != key:
+            self.cached_tables_ = (key, self.propagate(self.graph_))
+        return self.cached_tables_[1]
 
     def save_extra(self, folder: Path) -> None:
         if self.edges_ is not None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.backbones.base import Backbone, BackboneConfig
+from training.backbones.base import Backbone, BackboneConfig, scaled_batch
 from training.data.split import Split
 
 
@@ -73,17 +73,23 @@ class MF(Backbone):
         epochs: int = 200
         eval_every: int = 2
         patience: int = 10
+        # Steps per epoch at most (0: no cap); above it the batch grows with the data and the
+        # learning rate by the square root of the batch (base.scaled_batch). ML-100K takes 53.
+        max_steps_per_epoch: int = 0
 
     config: Config
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.optimizer_ = torch.optim.Adam(self.module.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
         self.sampler_: PairSampler | None = None
         self.split_: Split | None = None
+        self.batch_growth_ = 1.0  # this epoch's batch / config.batch_size (above 1 once the step cap binds)
 
     def build_module(self) -> nn.Module:
         return EmbeddingTables(self.n_users, self.n_items, self.config.dim, self.config.init_std)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.module.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     # --- hooks the graph backbones override -----------------------------------------------
     def prepare(self, split: Split) -> None:
@@ -114,13 +120,18 @@ class MF(Backbone):
             self.split_ = split
         self.begin_epoch(rng)
         users, items, negatives = (torch.as_tensor(a, device=self.device) for a in self.sampler_.sample(rng))
-        total, size = 0.0, self.config.batch_size
+        cfg, optimizer = self.config, self.optimizer()
+        size, lr = scaled_batch(len(users), cfg.batch_size, cfg.lr, cfg.max_steps_per_epoch)
+        self.batch_growth_ = size / cfg.batch_size
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
         for start in range(0, len(users), size):
             batch = slice(start, start + size)
             loss = self.batch_loss(users[batch], items[batch], negatives[batch])
-            self.optimizer_.zero_grad()
+            optimizer.zero_grad()
             loss.backward()
-            self.optimizer_.step()
+            optimizer.step()
             total += loss.item() * len(users[batch])
         return total / len(users)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from training.backbones.sequence import (
     PAD,
@@ -54,24 +53,25 @@ class SASRec(SequentialBackbone):
             yield torch.from_numpy(inputs[idx]).to(self.device), torch.from_numpy(targets[idx]).to(self.device)
 
     def next_item_loss(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Full-softmax cross-entropy at the non-padding positions."""
+        """Cross-entropy at the non-padding positions (full softmax on ML-100K-sized catalogues)."""
         real = targets != PAD
-        logits = states[real] @ self.module.item_table(self.n_items).T
-        return F.cross_entropy(logits, targets[real] - 1)
+        return self.output_loss(states[real], targets[real] - 1, self.module.item_table(self.n_items))
 
     def batch_loss(self, inputs: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         return self.next_item_loss(self.module(inputs), targets)
 
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.module.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
     def train_epoch(self, split: Split, rng: np.random.Generator) -> float:
-        if not hasattr(self, "optimizer_"):
-            self.optimizer_ = torch.optim.AdamW(self.module.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        optimizer = self.optimizer()
         reseed_torch(rng)
         losses = []
         for inputs, targets in self.next_item_batches(split, rng):
             loss = self.batch_loss(inputs, targets, rng)
-            self.optimizer_.zero_grad()
+            optimizer.zero_grad()
             loss.backward()
-            self.optimizer_.step()
+            optimizer.step()
             losses.append(loss.item())
         return float(np.mean(losses)) if losses else 0.0
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from training.backbones.base import Backbone, BackboneConfig
@@ -32,6 +33,11 @@ class SequenceConfig(BackboneConfig):
     heads: int = 2
     dropout: float = 0.2
     user_batch: int = 1024  # histories encoded at once by user_vectors
+    # Output layer: a full softmax over the catalogue up to this many items (ML-100K's 1,682); above
+    # it a sampled softmax over `negatives` items drawn uniformly per batch (shared by its positions),
+    # since the output layer, not the encoder, is most of a step's work on a large catalogue.
+    full_softmax_items: int = 2048
+    negatives: int = 512
 
 
 def to_tokens(histories: Sequence[np.ndarray], max_len: int, suffix: int | None = None) -> np.ndarray:
@@ -135,6 +141,25 @@ class SequenceEncoder(nn.Module):
         return self.item_emb.weight[1 : n_items + 1]
 
 
+def sampled_softmax_loss(
+    states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, n_negatives: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy of each state's target item against `n_negatives` items drawn uniformly.
+
+    `states` (N, d), `targets` (N,) item indices into `table` (n_items, d). The negatives are shared
+    by the N rows (one matrix product); a negative that is a row's own target is masked for that row.
+    Uniform draws make log Q the same for every item, so no correction is needed."""
+    negatives = torch.randint(0, len(table), (n_negatives,), device=states.device)
+    positive = (states * table[targets]).sum(-1, keepdim=True)
+    negative = states @ table[negatives].T
+    if bias is not None:
+        positive = positive + bias[targets][:, None]
+        negative = negative + bias[negatives]
+    negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([positive, negative], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(states), dtype=torch.long, device=states.device))
+
+
 def reseed_torch(rng: np.random.Generator) -> None:
     """Dropout draws from torch's global generator; seeding it from the epoch's rng keeps runs repeatable."""
     torch.manual_seed(int(rng.integers(2**31)))
@@ -166,3 +191,12 @@ class SequentialBackbone(Backbone):
 
     def vector_dim(self) -> int:
         return self.config.dim
+
+    def output_loss(self, states: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy of (N, d) states against their target items (N,), 0-based: a full softmax
+        on catalogues up to `full_softmax_items`, a sampled one above."""
+        cfg = self.config
+        if self.n_items <= cfg.full_softmax_items or cfg.negatives >= self.n_items:
+            logits = states @ table.T
+            return F.cross_entropy(logits if bias is None else logits + bias, targets)
+        return sampled_softmax_loss(states, table, targets, cfg.negatives, bias)
