@@ -81,7 +81,7 @@ class LLMAdmission:
             return False
         now = self._clock()
         for s in self._scoring.values():
-            done = (now - s.started) / max(1, n - 1) / self.unit_seconds  # the share of its work done so far
+            done = (now - s.started) / len(self._scoring) / self.unit_seconds  # the share of its work done so far
             if now + max(0.0, 1.0 - done) * self.expected_seconds(n) > s.deadline:
                 return False
         return True

@@ -141,9 +141,7 @@ class SequenceEncoder(nn.Module):
         return self.item_emb.weight[1 : n_items + 1]
 
 
-def sampled_softmax_loss(
-    states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, n_negatives: int, bias: torch.Tensor | None = None
-) -> torch.Tensor:
+def sampled_softmax_loss(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, n_negatives: int) -> torch.Tensor:
     """Cross-entropy of each state's target item against `n_negatives` items drawn uniformly.
 
     `states` (N, d), `targets` (N,) item indices into `table` (n_items, d). The negatives are shared
@@ -151,11 +149,7 @@ def sampled_softmax_loss(
     Uniform draws make log Q the same for every item, so no correction is needed."""
     negatives = torch.randint(0, len(table), (n_negatives,), device=states.device)
     positive = (states * table[targets]).sum(-1, keepdim=True)
-    negative = states @ table[negatives].T
-    if bias is not None:
-        positive = positive + bias[targets][:, None]
-        negative = negative + bias[negatives]
-    negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    negative = (states @ table[negatives].T).masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
     logits = torch.cat([positive, negative], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(states), dtype=torch.long, device=states.device))
 
@@ -192,11 +186,10 @@ class SequentialBackbone(Backbone):
     def vector_dim(self) -> int:
         return self.config.dim
 
-    def output_loss(self, states: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def output_loss(self, states: torch.Tensor, targets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of (N, d) states against their target items (N,), 0-based: a full softmax
         on catalogues up to `full_softmax_items`, a sampled one above."""
         cfg = self.config
         if self.n_items <= cfg.full_softmax_items or cfg.negatives >= self.n_items:
-            logits = states @ table.T
-            return F.cross_entropy(logits if bias is None else logits + bias, targets)
-        return sampled_softmax_loss(states, table, targets, cfg.negatives, bias)
+            return F.cross_entropy(states @ table.T, targets)
+        return sampled_softmax_loss(states, table, targets, cfg.negatives)
