@@ -2,13 +2,16 @@
 its budget or is answered at once without one, so under overload the admitted requests finish and
 the rest do not wait.
 
-The LLM server shares its cores between the requests it scores, so a request scored beside n - 1
-others takes about n times the work of one (`unit_seconds`, a running average measured from every
-finished scoring and the mean number in flight while it ran). A request starts scoring only when
-that estimate, for it and for every request already scoring, still fits the budgets, and never
-more than `slots` at once. On a fast server many fit in a deadline; on a slow one a single request
-may take most of it, and then one at a time is what gives answers at all (measured on a 2-core
-AVX2 machine: 4 at once took 11.6 s each against a 5 s deadline, so every one of them missed it).
+The LLM server shares its cores between the requests it scores, and batches them: n at once each
+take about a + b * n seconds (`ScoringTimeModel`, fitted online from every finished scoring and the
+mean number in flight while it ran; until the fit has seen more than one level of concurrency it
+assumes n times the time of one, the cautious reading). A request starts scoring only when that
+estimate, for it and for every request already scoring, still fits the budgets, and never more than
+`slots` at once. On a fast server many fit in a deadline; on a slow one a single request may take
+most of it, and then one at a time is what gives answers at all (measured on a 2-core AVX2 machine:
+4 at once took 11.6 s each against a 5 s deadline, so every one of them missed it). The fixed part
+`a` matters because batching is cheap: on that machine one user alone took about 3.6 s and four at
+once 8.4 s, not 14.4 s, so "n times one" kept slots idle that the deadline had room for.
 Up to `max_waiting` more wait for room, each only as long as its budget still leaves time for its
 own scoring; the others are refused with `Overloaded` at once, and the caller answers them degraded
 (backbone order, reason `overloaded`) or with 429, by a setting. When nothing is scoring a request
@@ -40,14 +43,49 @@ class _Scoring:
     area_at_start: float  # the in-flight integral when it started, for its mean concurrency
 
 
+class ScoringTimeModel:
+    """Seconds one scoring takes with n in flight: a + b * n, by weighted least squares over recent
+    (mean in flight, seconds) samples with exponential forgetting.
+
+    Falls back to the proportional model (a = 0, b = a running average of seconds / n) while the
+    samples span less than `min_spread` in concurrency, or when the fit is not physical (a < 0 or
+    b <= 0): with one level of concurrency seen, the split between fixed and shared time is unknown,
+    and "n times one" never admits more than the proportional model did."""
+
+    def __init__(self, initial_seconds: float, smoothing: float = 0.2, forgetting: float = 0.05, min_spread: float = 0.5):
+        self.per_request = initial_seconds  # the proportional model's seconds per request in flight
+        self._smoothing, self._keep = smoothing, 1.0 - forgetting
+        self._min_spread = min_spread
+        self._w = self._wx = self._wy = self._wxx = self._wxy = 0.0
+        self.fixed, self.shared = 0.0, initial_seconds  # a and b
+
+    def record(self, seconds: float, in_flight: float) -> None:
+        x = max(1.0, in_flight)
+        self.per_request += self._smoothing * (seconds / x - self.per_request)
+        k = self._keep
+        self._w, self._wx, self._wy = k * self._w + 1.0, k * self._wx + x, k * self._wy + seconds
+        self._wxx, self._wxy = k * self._wxx + x * x, k * self._wxy + x * seconds
+        self.fixed, self.shared = 0.0, self.per_request
+        mean_x = self._wx / self._w
+        var_x = self._wxx / self._w - mean_x * mean_x
+        if var_x < self._min_spread ** 2:
+            return
+        slope = (self._wxy / self._w - mean_x * self._wy / self._w) / var_x
+        intercept = self._wy / self._w - slope * mean_x
+        if slope > 0 and intercept >= 0:
+            self.fixed, self.shared = intercept, slope
+
+    def seconds(self, in_flight: float) -> float:
+        return self.fixed + self.shared * max(1.0, in_flight)
+
+
 class LLMAdmission:
     def __init__(self, slots: int, max_waiting: int, initial_seconds: float = 1.0, smoothing: float = 0.2,
                  clock: Callable[[], float] = time.monotonic):
         if slots < 1 or max_waiting < 0 or initial_seconds <= 0:
             raise ValueError("slots >= 1, max_waiting >= 0 and initial_seconds > 0")
         self.slots, self.max_waiting = slots, max_waiting
-        self.unit_seconds = initial_seconds  # one request's scoring alone; n at once take about n x this
-        self._smoothing = smoothing
+        self.time_model = ScoringTimeModel(initial_seconds, smoothing)
         self._clock = clock
         self._scoring: dict[int, _Scoring] = {}
         self._ids = itertools.count()
@@ -64,13 +102,17 @@ class LLMAdmission:
     def in_use(self) -> int:
         return len(self._scoring)
 
+    @property
+    def unit_seconds(self) -> float:
+        """One request's scoring alone, as the model now reads it."""
+        return self.time_model.seconds(1)
+
     def expected_seconds(self, in_flight: int) -> float:
-        return max(1, in_flight) * self.unit_seconds
+        return self.time_model.seconds(in_flight)
 
     def record(self, seconds: float, mean_in_flight: float = 1.0) -> None:
         """A finished scoring: `seconds` of wall time while `mean_in_flight` requests scored on average."""
-        sample = seconds / max(1.0, mean_in_flight)
-        self.unit_seconds += self._smoothing * (sample - self.unit_seconds)
+        self.time_model.record(seconds, mean_in_flight)
 
     def fits(self, budget_left_s: float) -> bool:
         """Whether one more request can start now and it and every scoring one still meet their budgets."""
@@ -80,8 +122,9 @@ class LLMAdmission:
         if n > self.slots or self.expected_seconds(n) > budget_left_s:
             return False
         now = self._clock()
+        running = self.expected_seconds(len(self._scoring))
         for s in self._scoring.values():
-            done = (now - s.started) / len(self._scoring) / self.unit_seconds  # the share of its work done so far
+            done = (now - s.started) / running  # the share of its work done so far
             if now + max(0.0, 1.0 - done) * self.expected_seconds(n) > s.deadline:
                 return False
         return True
@@ -121,7 +164,7 @@ class LLMAdmission:
         """Wait in line while the budget still leaves time to score alone; else `Overloaded`."""
         give_up_in = deadline - self._clock() - self.unit_seconds
         if self._waiting >= self.max_waiting or give_up_in <= 0:
-            raise Overloaded("overloaded", retry_after_s=self.unit_seconds * max(1, len(self._scoring)))
+            raise Overloaded("overloaded", retry_after_s=self.expected_seconds(len(self._scoring)))
         if self._changed is None:
             self._changed = asyncio.Condition()
         self._waiting += 1
@@ -130,6 +173,6 @@ class LLMAdmission:
                 async with asyncio.timeout(give_up_in):
                     await self._changed.wait_for(lambda: self.fits(deadline - self._clock()))
         except TimeoutError:
-            raise Overloaded("overloaded", retry_after_s=self.unit_seconds * max(1, len(self._scoring))) from None
+            raise Overloaded("overloaded", retry_after_s=self.expected_seconds(len(self._scoring))) from None
         finally:
             self._waiting -= 1

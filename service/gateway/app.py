@@ -47,6 +47,7 @@ from service.gateway.schemas import EventsRequest, EventsResponse, RerankRequest
 from service.gateway.serving_tables import ServingTablesError
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import EventsLogError, InteractionStore
+from service.gateway.warmup import warm_up
 from service.llm.client import LLMSettings, VLLMClient
 from service.ranking.engine import EngineConfig, RankingEngine
 from service.ranking.fusion import FusionModelError
@@ -211,6 +212,16 @@ class RequestContext:
         await send({"type": "http.response.body", "body": body})
 
 
+async def _warm(app: FastAPI, components: Components, warm: asyncio.Event) -> None:
+    settings = components.settings
+    try:
+        result = await warm_up(components.service, settings.llm_warmup_users, settings.llm_timeout_s, settings.llm_warmup_timeout_s)
+        app.state.llm_warm_up = result
+        log.info("llm warm", extra={"users_answered": result.users_answered, "users_asked": result.users_asked, "seconds": round(result.seconds, 3)})
+    finally:
+        warm.set()
+
+
 def create_app(settings: GatewaySettings | None = None, components: Components | None = None) -> FastAPI:
     """The gateway. `components` built beforehand (`build_components`, or fakes in tests) are used
     as they are; without them the lifespan builds them from `settings`."""
@@ -231,11 +242,19 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
         if components.events is not None:
             await components.events.catch_up()
             follower = asyncio.create_task(components.events.follow())
+        warm = asyncio.Event()
+        app.state.llm_warm, app.state.llm_warm_up = warm, None
+        warmer = asyncio.create_task(_warm(app, components, warm)) if settings.llm_warmup_users else None
+        if warmer is None:
+            warm.set()
         log.info("gateway ready", extra={"dataset": settings.dataset, "backbone": settings.backbone, "cache": components.cache.name,
                                           "llm": settings.llm_url, "retrieval": settings.retrieval, "learned_fusion_m": sorted(components.service.learned)})
         try:
             yield
         finally:
+            if warmer is not None:
+                warmer.cancel()
+                await asyncio.wait([warmer], timeout=5)
             if follower is not None:
                 components.events.stop()
                 follower.cancel()
@@ -309,9 +328,10 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "a dependency (cache or LLM) is down; `checks` names it"}})
-    async def readyz(c: Components = Depends(components)) -> JSONResponse:
-        checks = {"cache": "ok" if await c.cache.ping() else "down", "llm": "ok" if await c.llm.healthy() else "down"}
+    @app.get("/readyz", responses={503: {"description": "a dependency (cache or LLM) is down, or the LLM is still warming up; `checks` names it"}})
+    async def readyz(request: Request, c: Components = Depends(components)) -> JSONResponse:
+        llm = "down" if not await c.llm.healthy() else ("ok" if request.app.state.llm_warm.is_set() else "warming")
+        checks = {"cache": "ok" if await c.cache.ping() else "down", "llm": llm}
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
 

@@ -44,6 +44,11 @@ class GatewaySettings(BaseSettings):
     llm_slots: int = Field(default=4, ge=1)
     llm_max_waiting: int = Field(default=4, ge=0)
     overload_response: Literal["degrade", "reject"] = "degrade"
+    # Before /readyz reports the LLM `ok`, this many known users are scored through it (a cold vLLM
+    # CPU server missed the 5 s deadline on its first users; service/gateway/warmup.py), giving up
+    # after llm_warmup_timeout_s (then ready anyway: the LLM check says whether it answers). 0: off.
+    llm_warmup_users: int = Field(default=3, ge=0)
+    llm_warmup_timeout_s: float = Field(default=300.0, gt=0)
     # A task whose invalid answers (off format, or a non-finite logprob; counted per prompt) exceed
     # this share of its prompts is dropped from the fusion (`llm_invalid_answers`); up to it, the
     # invalid answers are repaired (backbone order) and counted, and the task's scores not cached.

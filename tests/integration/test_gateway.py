@@ -34,6 +34,7 @@ def settings_for(tiny_artifacts, llm_url: str, **overrides) -> GatewaySettings:
         cache_prefix=f"recranker-test-{uuid.uuid4().hex[:8]}",
         default_deadline_ms=120_000,  # a CPU vLLM under test load is slow; deadlines are tested on their own
         default_k=5,
+        llm_warmup_users=0,  # the warm-up has its own test; here every LLM call is a request's
     )
     values.update(overrides)
     return GatewaySettings(_env_file=None, **values)

@@ -41,7 +41,7 @@ def gateway(request, gateway_artifacts, fake_llm):
         _env_file=None, artifacts_dir=gateway_artifacts, cache_dir=CACHE, backbone="random", model_dir=gateway_artifacts / f"model-{request.param}",
         events_log=gateway_artifacts / f"events-{request.param}.jsonl",
         llm_url=fake_llm.url, llm_timeout_s=5, redis_url=REDIS_URL, cache_prefix=f"recranker-fault-{uuid.uuid4().hex[:8]}",
-        default_deadline_ms=10_000, default_k=5, log_level="WARNING",
+        default_deadline_ms=10_000, default_k=5, log_level="WARNING", llm_warmup_users=0,
     )
     with TestClient(create_app(settings)) as client:
         yield client, settings

@@ -32,7 +32,7 @@ def gateway(artifacts, llm_url: str, tmp_path, **overrides) -> TestClient:
         _env_file=None, artifacts_dir=artifacts, cache_dir=CACHE, events_log=tmp_path / "events.jsonl", backbone="random",
         model_dir=artifacts / "model-completions", llm_url=llm_url, llm_timeout_s=5, redis_url="redis://127.0.0.1:6379/0",
         cache_prefix=f"recranker-overload-{uuid.uuid4().hex[:8]}", default_deadline_ms=2500, default_k=5, log_level="WARNING",
-        llm_slots=1, llm_max_waiting=1, **overrides,
+        llm_slots=1, llm_max_waiting=1, llm_warmup_users=0, **overrides,
     )
     return TestClient(create_app(settings))
 

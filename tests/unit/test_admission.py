@@ -2,7 +2,9 @@
 are told at once, instead of every request waiting for the LLM and none getting an answer.
 
 `SharedServer` stands in for an LLM server on a few CPU cores: it shares its time between the
-requests it scores, so n at once each take n times as long as one alone."""
+requests it scores, so n at once each take n times as long as one alone. `BatchingServer` adds a
+part each request spends on its own whatever the load (as a batching server's per-step overhead),
+so n at once take a + b * n: less than n times one."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import time
 
 import pytest
 
-from service.gateway.admission import LLMAdmission, Overloaded
+from service.gateway.admission import LLMAdmission, Overloaded, ScoringTimeModel
 
 SCORING_S = 0.1  # one request's scoring alone
 
@@ -30,6 +32,16 @@ class SharedServer:
                 left -= step / self.active
         finally:
             self.active -= 1
+
+
+class BatchingServer(SharedServer):
+    def __init__(self, fixed_s: float, work_s: float):
+        super().__init__(work_s)
+        self.fixed_s = fixed_s
+
+    async def score(self) -> None:
+        await asyncio.sleep(self.fixed_s)
+        await super().score()
 
 
 async def request(admission: LLMAdmission, server: SharedServer, budget_s: float) -> tuple[str, float]:
@@ -129,3 +141,45 @@ def test_slots_are_given_back_when_scoring_fails():
             return admission.in_use
 
     assert asyncio.run(go()) == 1
+
+
+def test_the_time_model_separates_the_fixed_part_from_the_shared_part():
+    model = ScoringTimeModel(initial_seconds=1.0)
+    for _ in range(5):
+        for n in (1, 2, 3, 4):
+            model.record(0.5 + 0.25 * n, n)
+    assert model.fixed == pytest.approx(0.5, abs=0.01)
+    assert model.shared == pytest.approx(0.25, abs=0.01)
+    assert model.seconds(4) == pytest.approx(1.5, abs=0.02)
+
+
+def test_with_one_level_of_concurrency_seen_the_time_model_assumes_n_times_one():
+    # nothing tells the fixed part from the shared one yet, and n times one is the cautious reading
+    model = ScoringTimeModel(initial_seconds=1.0)
+    for _ in range(30):
+        model.record(0.75, 1.0)
+    assert model.fixed == 0.0
+    assert model.seconds(4) == pytest.approx(4 * 0.75, rel=0.01)
+
+
+def test_a_fit_that_is_not_physical_falls_back_to_n_times_one():
+    model = ScoringTimeModel(initial_seconds=1.0)
+    for _ in range(5):
+        for n in (1, 2, 3, 4):
+            model.record(0.4 * n - 0.2, n)  # would need a negative fixed part
+    assert model.fixed == 0.0
+    assert model.seconds(2) == pytest.approx(2 * model.per_request)
+
+
+def test_a_batching_server_is_given_as_many_at_once_as_its_deadline_has_room_for():
+    # alone 0.13 s, four at once 0.22 s: "n times one" would admit two (0.26 s) against a 0.3 s
+    # budget, the learned a + b * n admits four
+    server = BatchingServer(fixed_s=0.1, work_s=0.03)
+    admission = LLMAdmission(slots=4, max_waiting=0, initial_seconds=0.13)
+    for n in (1, 2, 3, 4, 1, 2, 3, 4, 2, 4):
+        burst(admission, n, 5.0, server)
+    assert admission.time_model.fixed == pytest.approx(0.1, abs=0.04)
+    results = burst(admission, 8, 0.3, server)
+    answered = [s for o, s in results if o == "answered"]
+    assert len(answered) == 4
+    assert all(s <= 0.3 + 0.05 for s in answered)
