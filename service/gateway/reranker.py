@@ -40,9 +40,9 @@ from service.ranking.prompts import Candidate
 
 log = logging.getLogger("recranker.rerank")
 
-# Kept back from the LLM's share of the deadline for fusion, the reply and its way to the caller:
-# with 5 ms, answers cut at the deadline reached the bench's client up to 7 ms late on a saturated
-# 2-core host (overload p99 5,007 ms against 5,000).
+# Kept back from the LLM's share of the deadline for fusion, the reply and its way to the caller.
+# (The bench's overload p99 stayed 4-7 ms over the 5 s deadline with 5 ms and with 25 ms: there the
+# rest is the load generator's own lag on a saturated 2-core host, counted from scheduled starts.)
 FUSION_RESERVE_S = 0.025
 
 
