@@ -10,8 +10,10 @@ estimate, for it and for every request already scoring, still fits the budgets, 
 `slots` at once. On a fast server many fit in a deadline; on a slow one a single request may take
 most of it, and then one at a time is what gives answers at all (measured on a 2-core AVX2 machine:
 4 at once took 11.6 s each against a 5 s deadline, so every one of them missed it). The fixed part
-`a` matters because batching is cheap: on that machine one user alone took about 3.6 s and four at
-once 8.4 s, not 14.4 s, so "n times one" kept slots idle that the deadline had room for.
+`a` matters because batching is cheap: in that machine's `make bench` (2026-12-03) a user took about
+3.6 s at light load and 8.5 s with four in flight, not 14.4 s, so "n times one" over-estimates n at
+once and can keep slots idle that a deadline has room for (not measured apart on a real server: the
+batching fake in tests/unit/test_admission.py shows it).
 Up to `max_waiting` more wait for room, each only as long as its budget still leaves time for its
 own scoring; the others are refused with `Overloaded` at once, and the caller answers them degraded
 (backbone order, reason `overloaded`) or with 429, by a setting. When nothing is scoring a request

@@ -47,7 +47,7 @@ from service.gateway.schemas import EventsRequest, EventsResponse, RerankRequest
 from service.gateway.serving_tables import ServingTablesError
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import EventsLogError, InteractionStore
-from service.gateway.warmup import warm_up
+from service.gateway.warmup import WarmUpResult, warm_up
 from service.llm.client import LLMSettings, VLLMClient
 from service.ranking.engine import EngineConfig, RankingEngine
 from service.ranking.fusion import FusionModelError
@@ -212,14 +212,11 @@ class RequestContext:
         await send({"type": "http.response.body", "body": body})
 
 
-async def _warm(app: FastAPI, components: Components, warm: asyncio.Event) -> None:
+async def _warm(components: Components) -> WarmUpResult:
     settings = components.settings
-    try:
-        result = await warm_up(components.service, settings.llm_warmup_users, settings.llm_timeout_s, settings.llm_warmup_timeout_s)
-        app.state.llm_warm_up = result
-        log.info("llm warm", extra={"users_answered": result.users_answered, "users_asked": result.users_asked, "seconds": round(result.seconds, 3)})
-    finally:
-        warm.set()
+    result = await warm_up(components.service, settings.llm_warmup_users, settings.llm_timeout_s, settings.llm_warmup_timeout_s)
+    log.info("llm warm", extra={"users_answered": result.users_answered, "attempts": result.attempts, "seconds": round(result.seconds, 3)})
+    return result
 
 
 def create_app(settings: GatewaySettings | None = None, components: Components | None = None) -> FastAPI:
@@ -242,11 +239,8 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
         if components.events is not None:
             await components.events.catch_up()
             follower = asyncio.create_task(components.events.follow())
-        warm = asyncio.Event()
-        app.state.llm_warm, app.state.llm_warm_up = warm, None
-        warmer = asyncio.create_task(_warm(app, components, warm)) if settings.llm_warmup_users else None
-        if warmer is None:
-            warm.set()
+        # the warm-up task (None when off): /readyz says `warming` until it is done
+        warmer = app.state.llm_warm_up = asyncio.create_task(_warm(components)) if settings.llm_warmup_users else None
         log.info("gateway ready", extra={"dataset": settings.dataset, "backbone": settings.backbone, "cache": components.cache.name,
                                           "llm": settings.llm_url, "retrieval": settings.retrieval, "learned_fusion_m": sorted(components.service.learned)})
         try:
@@ -330,7 +324,8 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
 
     @app.get("/readyz", responses={503: {"description": "a dependency (cache or LLM) is down, or the LLM is still warming up; `checks` names it"}})
     async def readyz(request: Request, c: Components = Depends(components)) -> JSONResponse:
-        llm = "down" if not await c.llm.healthy() else ("ok" if request.app.state.llm_warm.is_set() else "warming")
+        warmer = request.app.state.llm_warm_up
+        llm = "down" if not await c.llm.healthy() else ("ok" if warmer is None or warmer.done() else "warming")
         checks = {"cache": "ok" if await c.cache.ping() else "down", "llm": llm}
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)

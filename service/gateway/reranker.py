@@ -221,6 +221,12 @@ class RerankService:
             repaired_answers=repaired, cache=trace.cache, timings_ms=trace.timings,
         )
 
+    def llm_inputs(self, user_id: str, history, catalog) -> tuple:
+        """The engine's inputs for this user and candidate list (in the backbone's order): the
+        profile and the candidates with their backbone ranks."""
+        profile = build_profile(history, self.store.liked_at_least, self.store.disliked_at_most, self.store.demographics(user_id))
+        return profile, [Candidate(c.title, backbone_rank=i + 1, item_id=c.item_id) for i, c in enumerate(catalog)]
+
     async def _score_admitted(self, profile, candidates, tasks, budget_s: float, user_id: str):
         if self.admission is None:
             return await self.engine.score(profile, candidates, tasks=tasks, deadline_s=budget_s, seed=seed_for(user_id))
@@ -262,8 +268,7 @@ class RerankService:
                 self.metrics.llm_errors.labels(task, "deadline").inc()
             trace.degrade("llm_deadline")
             return utilities, repaired
-        profile = build_profile(history, self.store.liked_at_least, self.store.disliked_at_most, self.store.demographics(req.user_id))
-        candidates = [Candidate(c.title, backbone_rank=i + 1, item_id=c.item_id) for i, c in enumerate(catalog)]
+        profile, candidates = self.llm_inputs(req.user_id, history, catalog)
         try:
             result = await self._score_admitted(profile, candidates, missing, remaining, req.user_id)
         except Overloaded as exc:

@@ -5,7 +5,6 @@ Against the fake OpenAI-compatible server (tests/fake_llm.py) and the real Redis
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 
@@ -16,16 +15,11 @@ from fastapi.testclient import TestClient
 from service.gateway.app import create_app
 from service.gateway.history import namespace
 from service.gateway.settings import GatewaySettings
+from service.llm.vllm_server import free_port
 from tests.conftest import CACHE
 from tests.fake_llm import FakeLLM
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def settings_for(artifacts, llm_url: str, **overrides) -> GatewaySettings:
@@ -62,7 +56,7 @@ def test_the_gateway_is_not_ready_until_the_llm_has_scored_the_warm_up_users(gat
     settings = settings_for(gateway_artifacts, slow_llm.url, llm_warmup_users=2)
     with TestClient(create_app(settings)) as client:
         states = ready_states(client, within_s=60)
-        warm = client.app.state.llm_warm_up
+        warm = client.app.state.llm_warm_up.result()
         keys_after_warm_up = keys_under(settings)
     assert states[0] == (503, "warming")
     assert states[-1] == (200, "ok")
@@ -79,11 +73,12 @@ def test_with_the_warm_up_off_the_gateway_is_ready_at_once(gateway_artifacts, sl
 
 
 def test_an_llm_that_never_answers_is_reported_down_and_the_warm_up_gives_up_in_time(gateway_artifacts):
-    settings = settings_for(gateway_artifacts, f"http://127.0.0.1:{closed_port()}", llm_warmup_users=2, llm_warmup_timeout_s=1.0)
+    settings = settings_for(gateway_artifacts, f"http://127.0.0.1:{free_port()}", llm_warmup_users=2, llm_warmup_timeout_s=1.0)
     with TestClient(create_app(settings)) as client:
         first = client.get("/readyz")
         time.sleep(2.5)
-        gave_up = client.app.state.llm_warm_up
+        warm_up = client.app.state.llm_warm_up
+        gave_up = warm_up.result() if warm_up.done() else None
         rerank = client.post("/rerank", json={"user_id": "1", "k": 3})
     assert first.status_code == 503 and first.json()["checks"]["llm"] == "down"
     assert gave_up is not None and gave_up.users_answered == 0
