@@ -4,24 +4,17 @@ body is 413 however it is sent, and values outside the limits are refused (422),
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from fastapi.testclient import TestClient
 
 from service.gateway.app import create_app
 from service.gateway.settings import GatewaySettings
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from service.llm.vllm_server import free_port
 
 
 def settings_for(artifacts, tmp_path, **overrides) -> GatewaySettings:
     return GatewaySettings(_env_file=None, artifacts_dir=artifacts, cache_dir=tmp_path, backbone="random", model_dir=artifacts / "model-chat",
-                           llm_url=f"http://127.0.0.1:{closed_port()}", llm_timeout_s=1, redis_url=f"redis://127.0.0.1:{closed_port()}/0",
+                           llm_url=f"http://127.0.0.1:{free_port()}", llm_timeout_s=1, redis_url=f"redis://127.0.0.1:{free_port()}/0",
                            log_level="WARNING", **overrides)
 
 

@@ -4,25 +4,18 @@ that cannot be written is a 503 the client can retry, never a 200 that is later 
 
 from __future__ import annotations
 
-import socket
-
 from fastapi.testclient import TestClient
 
 from service.gateway.app import create_app
 from service.gateway.settings import GatewaySettings
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from service.llm.vllm_server import free_port
 
 
 def settings_for(artifacts, cache_dir, **overrides) -> GatewaySettings:
     # Redis down (nothing listens) and no events log named: the defaults a `make serve` runs with
     return GatewaySettings(_env_file=None, artifacts_dir=artifacts, cache_dir=cache_dir, backbone="random",
-                           model_dir=artifacts / "model-chat", llm_url=f"http://127.0.0.1:{closed_port()}", llm_timeout_s=1,
-                           redis_url=f"redis://127.0.0.1:{closed_port()}/0", log_level="WARNING", **overrides)
+                           model_dir=artifacts / "model-chat", llm_url=f"http://127.0.0.1:{free_port()}", llm_timeout_s=1,
+                           redis_url=f"redis://127.0.0.1:{free_port()}/0", log_level="WARNING", **overrides)
 
 
 def rated_items(client: TestClient, user: str) -> list[str]:

@@ -5,8 +5,6 @@ wrong types, unknown fields and plain junk)."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -14,20 +12,15 @@ from hypothesis import strategies as st
 
 from service.gateway.app import create_app
 from service.gateway.settings import GatewaySettings
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from service.llm.vllm_server import free_port
 
 
 @pytest.fixture(scope="module")
 def client(gateway_artifacts, tmp_path_factory):
     # the LLM and Redis are unreachable, so every request is answered quickly (degraded when valid)
     cfg = GatewaySettings(_env_file=None, artifacts_dir=gateway_artifacts, cache_dir=tmp_path_factory.mktemp("props"), backbone="random",
-                          model_dir=gateway_artifacts / "model-chat", llm_url=f"http://127.0.0.1:{closed_port()}", llm_timeout_s=0.5,
-                          redis_url=f"redis://127.0.0.1:{closed_port()}/0", log_level="ERROR")
+                          model_dir=gateway_artifacts / "model-chat", llm_url=f"http://127.0.0.1:{free_port()}", llm_timeout_s=0.5,
+                          redis_url=f"redis://127.0.0.1:{free_port()}/0", log_level="ERROR")
     with TestClient(create_app(cfg)) as c:
         yield c
 
