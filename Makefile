@@ -82,9 +82,10 @@ serve: $(PY)
 	$(PY) -m service.gateway.stack
 
 # Load test from a second process against the stack `make serve` starts, plus the paper-style
-# baseline on the same model -> reports/bench.json.
+# baseline on the same model -> reports/bench.json. BENCH_COMPARE=<model folder> measures a second
+# model's hybrid and baseline in the same run (e.g. artifacts/ml-100k/model-item_tokens).
 bench: $(PY)
-	$(PY) -m service.loadtest
+	$(PY) -m service.loadtest $(if $(BENCH_COMPARE),--compare-model $(BENCH_COMPARE))
 
 # Deployment checks without a Docker engine: compose, Dockerfiles (hadolint), Prometheus config
 # (promtool), dashboards vs their generator, Kubernetes schemas, a real Prometheus scraping a gateway.

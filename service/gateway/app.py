@@ -118,7 +118,7 @@ def build_components(settings: GatewaySettings) -> Components:
     service = RerankService(
         settings=settings, store=store, histories=histories, scores=scores, retriever=retriever, engine=engine,
         metrics=GatewayMetrics(), model_name=settings.llm_model, learned=learned,
-        admission=LLMAdmission(settings.llm_slots, settings.llm_max_waiting),
+        admission=LLMAdmission(settings.llm_slots, settings.llm_max_waiting, quantile=settings.llm_admission_quantile),
     )
     events = EventBus(settings.redis_url, settings.cache_prefix, settings.dataset, store, histories) if isinstance(cache, RedisCache) else None
     return Components(settings, store, cache, histories, retriever, embedded, llm, service, events)

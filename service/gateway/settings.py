@@ -43,6 +43,9 @@ class GatewaySettings(BaseSettings):
     # (429 with Retry-After).
     llm_slots: int = Field(default=4, ge=1)
     llm_max_waiting: int = Field(default=4, ge=0)
+    # The quantile of the scoring time admission plans with (0.5: its mean; higher admits fewer at
+    # once, so that fewer admitted requests miss their deadline).
+    llm_admission_quantile: float = Field(default=0.5, gt=0.0, lt=1.0)
     overload_response: Literal["degrade", "reject"] = "degrade"
     # Before /readyz reports the LLM `ok`, this many known users are scored through it (a cold vLLM
     # CPU server missed the 5 s deadline on its first users; service/gateway/warmup.py), giving up

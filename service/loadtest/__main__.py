@@ -9,6 +9,10 @@ Scenarios:
   baseline      the same users and candidates, the same 2m+1 prompts answered as free text at
                 temperature 0.1 and parsed, straight to a vLLM server without prefix caching
 speedup_vs_baseline = hybrid users/s / baseline users/s at the same concurrency.
+The hybrid also reports the prompt tokens per user that vLLM received and computed (its own counters,
+`llm_counters.py`). `--compare-model DIR` measures a second model (say the title-only one beside a
+model with collaborative item tokens) the same way in the same run, hybrid and baseline only, into
+`compare`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from service.llm.client import LLMSettings, VLLMClient
 from service.llm.hardware import cpu_has_fast_bf16
 from service.llm.vllm_server import VLLMServer, free_port
 from service.loadtest.baseline import baseline_rank
+from service.loadtest.llm_counters import read_counters
 from service.loadtest.load import Outcome, closed_loop, open_loop, summarise
 from service.loadtest.pressure import overload_scenario, soak_scenario
 from service.procutil import stop_process_group
@@ -49,11 +54,11 @@ from service.ranking.prompts import Candidate, PromptConfig
 console = Console()
 
 
-def start_stack(settings: GatewaySettings, port: int, llm_port: int, log: Path, events_log: Path) -> subprocess.Popen:
+def start_stack(model_dir: Path, port: int, llm_port: int, log: Path, events_log: Path) -> subprocess.Popen:
     # A CPU vLLM answering several users at once takes tens of seconds: the bench measures
     # throughput, so no task may be dropped by the serving defaults' deadline or timeout.
     env = dict(os.environ, RECRANKER_PORT=str(port), RECRANKER_HOST="127.0.0.1", RECRANKER_LOG_LEVEL="WARNING",
-               RECRANKER_LLM_TIMEOUT_S="900", RECRANKER_MAX_DEADLINE_MS="900000",
+               RECRANKER_LLM_TIMEOUT_S="900", RECRANKER_MAX_DEADLINE_MS="900000", RECRANKER_MODEL_DIR=str(model_dir),
                # the soak's events go to a log of their own, never into the one `make serve` replays
                RECRANKER_EVENTS_LOG=str(events_log))
     out = log.open("wb")
@@ -75,7 +80,7 @@ def wait_ready(base: str, process: subprocess.Popen, log: Path, timeout_s: float
     raise SystemExit(f"the stack was not ready after {timeout_s:.0f}s; see {log}")
 
 
-async def gateway_scenarios(base: str, users: list[str], all_users: list[str], args) -> tuple[dict, dict[str, list[str]]]:
+async def gateway_scenarios(base: str, llm_base: str, users: list[str], all_users: list[str], args) -> tuple[dict, dict[str, list[str]]]:
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
         rng = random.Random(0)
@@ -126,8 +131,11 @@ async def gateway_scenarios(base: str, users: list[str], all_users: list[str], a
         scenarios = {"gateway_only": summarise(outcomes, wall, target_rps=args.rate, handler_p50_ms=round(float(inside[0]), 3), handler_p99_ms=round(float(inside[1]), 3)).as_dict()}
         await fast.close()
         console.print(f"hybrid: {len(users)} users, {args.concurrency} in flight, m={args.m}")
+        before = await read_counters(http, llm_base)
         outcomes, wall = await closed_loop(hybrid, len(users), args.concurrency)
-        scenarios["hybrid"] = summarise(outcomes, wall, users=len(users), concurrency=args.concurrency, repaired_answers=sum(o.invalid for o in outcomes), degraded_reasons=dict(reasons)).as_dict()
+        after = await read_counters(http, llm_base)
+        tokens = (after - before).per(len(users)) if before and after else {}
+        scenarios["hybrid"] = summarise(outcomes, wall, users=len(users), concurrency=args.concurrency, repaired_answers=sum(o.invalid for o in outcomes), degraded_reasons=dict(reasons), **tokens).as_dict()
     return scenarios, candidates
 
 
@@ -142,7 +150,7 @@ async def pressure_scenarios(base: str, all_users: list[str], items: list[str], 
     return out
 
 
-async def baseline_scenario(server: VLLMServer, store: InteractionStore, settings: GatewaySettings, cfg: PromptConfig, candidates: dict[str, list[str]], args) -> dict:
+async def baseline_scenario(server: VLLMServer, store: InteractionStore, cfg: PromptConfig, candidates: dict[str, list[str]], args) -> dict:
     llm = VLLMClient(LLMSettings(base_url=server.base_url, model=server.served_name, timeout_s=600, max_concurrency=256, max_connections=256))
     users = list(candidates)
     failed = 0
@@ -166,6 +174,30 @@ async def baseline_scenario(server: VLLMServer, store: InteractionStore, setting
     return summarise(outcomes, wall, users=len(users), concurrency=args.concurrency, prompts_per_user=prompts, failed_parses=failed).as_dict()
 
 
+def measure_model(settings: GatewaySettings, model_dir: Path, store: InteractionStore, users: list[str], all_users: list[str], args,
+                  logs: Path, pressure: bool) -> tuple[dict, float]:
+    """One model's scenarios through `make serve`'s stack (overload and soak when `pressure`), then
+    the paper-style baseline on the same model; returns them and the hybrid's speedup over it."""
+    cfg = prompt_config_of(model_dir, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked)
+    port, llm_port = free_port(), free_port()
+    log = logs / f"bench-stack-{port}.log"
+    base = f"http://127.0.0.1:{port}"
+    console.print(f"starting the stack (make serve) on {base} with {model_dir}, log {log} ...")
+    events_log = logs / f"bench-events-{port}.jsonl"
+    stack = start_stack(model_dir, port, llm_port, log, events_log)
+    try:
+        wait_ready(base, stack, log)
+        scenarios, candidates = asyncio.run(gateway_scenarios(base, f"http://127.0.0.1:{llm_port}", users, all_users, args))
+        if pressure:
+            scenarios.update(asyncio.run(pressure_scenarios(base, all_users, sorted(store.items), scenarios["hybrid"]["rps"], args, stack.pid, events_log)))
+    finally:
+        stop_process_group(stack, signal.SIGINT, grace_s=60)  # Ctrl-C: the stack stops vLLM itself
+    console.print("baseline: vLLM without prefix caching, free-text answers ...")
+    with VLLMServer(model_dir, cache_dir=settings.cache_dir / "vllm", prefix_caching=False, log_file=logs / "bench-baseline-vllm.log") as server:
+        scenarios["baseline"] = asyncio.run(baseline_scenario(server, store, cfg, candidates, args))
+    return scenarios, scenarios["hybrid"]["rps"] / scenarios["baseline"]["rps"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m service.loadtest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=32)  # 16 gave ratios ±0.3x apart between runs
@@ -176,10 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overload-duration", type=float, default=120.0)
     p.add_argument("--soak-duration", type=float, default=600.0, help="0 skips the soak")
     p.add_argument("--out", type=Path, default=Path("reports/bench.json"))
+    p.add_argument("--compare-model", type=Path, default=None, help="a second model folder measured in the same run (hybrid and baseline)")
     args = p.parse_args(argv)
     settings = GatewaySettings()
     if not (settings.resolved_model_dir / "config.json").is_file():
         console.print(f"[red]error:[/red] {settings.resolved_model_dir}: no tuned model; run `make tune` first")
+        return 2
+    if args.compare_model is not None and not (args.compare_model / "config.json").is_file():
+        console.print(f"[red]error:[/red] --compare-model {args.compare_model}: no model there (no config.json)")
         return 2
     prompt_cfg = prompt_config_of(settings.resolved_model_dir, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked)
     try:
@@ -189,24 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     all_users = sorted(store.users)
     users = random.Random(1).sample(all_users, args.users)
-    port, llm_port = free_port(), free_port()
     logs = settings.cache_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log = logs / "bench-stack.log"
-    base = f"http://127.0.0.1:{port}"
-    console.print(f"starting the stack (make serve) on {base}, log {log} ...")
-    events_log = logs / f"bench-events-{port}.jsonl"
-    stack = start_stack(settings, port, llm_port, log, events_log)
-    try:
-        wait_ready(base, stack, log)
-        scenarios, candidates = asyncio.run(gateway_scenarios(base, users, all_users, args))
-        scenarios.update(asyncio.run(pressure_scenarios(base, all_users, sorted(store.items), scenarios["hybrid"]["rps"], args, stack.pid, events_log)))
-    finally:
-        stop_process_group(stack, signal.SIGINT, grace_s=60)  # Ctrl-C: the stack stops vLLM itself
-    console.print("baseline: vLLM without prefix caching, free-text answers ...")
-    with VLLMServer(settings.resolved_model_dir, cache_dir=settings.cache_dir / "vllm", prefix_caching=False, log_file=logs / "bench-baseline-vllm.log") as server:
-        scenarios["baseline"] = asyncio.run(baseline_scenario(server, store, settings, prompt_cfg, candidates, args))
-    speedup = scenarios["hybrid"]["rps"] / scenarios["baseline"]["rps"]
+    scenarios, speedup = measure_model(settings, settings.resolved_model_dir, store, users, all_users, args, logs, pressure=True)
     report = {
         "scenarios": scenarios,
         "speedup_vs_baseline": round(speedup, 2),
@@ -214,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "gateway_overhead_p99_ms": scenarios["gateway_only"]["p99_ms"],
         "setup": {
             "prompt_history": {"max_liked": prompt_cfg.max_liked, "max_disliked": prompt_cfg.max_disliked},
+            "item_tokens": prompt_cfg.item_tokens,
             "m": args.m, "users": args.users, "concurrency": args.concurrency, "rate": args.rate, "duration_s": args.duration,
             "model": str(settings.resolved_model_dir), "backbone": settings.backbone, "dataset": settings.dataset,
             # bf16 instructions change the ratio: they make prefill cheap, so per-request costs weigh more
@@ -221,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         },
     }
+    if args.compare_model is not None:
+        other_cfg = prompt_config_of(args.compare_model, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked)
+        console.print(f"compare: {args.compare_model} (item tokens: {other_cfg.item_tokens}), hybrid and baseline")
+        other, other_speedup = measure_model(settings, args.compare_model, store, users, all_users, args, logs, pressure=False)
+        report["compare"] = {"model": str(args.compare_model), "item_tokens": other_cfg.item_tokens, "scenarios": other,
+                             "speedup_vs_baseline": round(other_speedup, 2)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     table = Table(title=f"bench ({args.out})")
@@ -228,8 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(col)
     for name, s in scenarios.items():
         table.add_row(name, str(s["requests"]), str(s["errors"]), str(s["degraded"]), f"{s['rps']:.2f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}")
+    for name, s in report.get("compare", {}).get("scenarios", {}).items():
+        table.add_row(f"compare {name}", str(s["requests"]), str(s["errors"]), str(s["degraded"]), f"{s['rps']:.2f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}")
     console.print(table)
     console.print(f"hybrid vs baseline: {speedup:.2f}x users/s")
+    if "compare" in report:
+        console.print(f"compare model {report['compare']['model']}: {report['compare']['speedup_vs_baseline']:.2f}x users/s")
+    for label, hybrid in (("served", scenarios["hybrid"]), ("compare", report.get("compare", {}).get("scenarios", {}).get("hybrid"))):
+        if hybrid and "prompt_tokens_per_user" in hybrid:
+            console.print(f"{label}: {hybrid['prompt_tokens_per_user']:.0f} prompt tokens per user, {hybrid['computed_prompt_tokens_per_user']:.0f} computed (vLLM's counters)")
     return 0
 
 

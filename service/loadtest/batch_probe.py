@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import re
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import httpx
 from service.gateway.serving_tables import read_serving_tables
 from service.llm.prompt_tokens import PromptEncoder
 from service.llm.vllm_server import KV_BLOCK_TOKENS, VLLMServer
+from service.loadtest.llm_counters import parse_counters
 from service.ranking.engine import task_prompts
 from service.ranking.prompts import Candidate, PromptConfig, RatedItem, UserProfile
 from service.ranking.tasks import TASKS
@@ -48,9 +48,7 @@ async def probe(model: Path, users: int, in_flight: int) -> None:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=300, limits=limits) as http:
 
             async def computed_tokens() -> float:
-                text = (await http.get("/metrics")).text
-                total = {name: sum(float(v) for v in re.findall(rf"^vllm:prefix_cache_{name}_total\{{[^}}]*\}} (\S+)", text, re.M)) for name in ("queries", "hits")}
-                return total["queries"] - total["hits"]
+                return parse_counters((await http.get("/metrics")).text).computed
 
             async def chat(messages) -> None:
                 body = {"model": server.served_name, "messages": messages, "max_tokens": 1, "logprobs": True, "top_logprobs": 20, "temperature": 0}

@@ -105,19 +105,16 @@ def test_block_layout_leaves_each_later_prompt_of_a_task_only_its_tail_to_comput
     """vLLM's own prefix-cache counters: with the prompts padded to KV blocks, a task's later
     prompts compute fewer tokens than laid out plainly (different users, so nothing is cached
     across the two runs)."""
-    import re
-
     import httpx
     from transformers import AutoTokenizer
 
     from service.llm.vllm_server import KV_BLOCK_TOKENS
+    from service.loadtest.llm_counters import parse_counters
     from service.ranking.prompts import pointwise_prompt
     from training.evaluate import prompt_token_cost
 
-    def computed() -> float:
-        text = httpx.get(f"{vllm_tiny.base_url}/metrics", timeout=10).text
-        total = {n: sum(float(v) for v in re.findall(rf"^vllm:prefix_cache_{n}_total\{{[^}}]*\}} (\S+)", text, re.M)) for n in ("queries", "hits")}
-        return total["queries"] - total["hits"]
+    def counters():  # the bench's reading of the same counters (service.loadtest.llm_counters)
+        return parse_counters(httpx.get(f"{vllm_tiny.base_url}/metrics", timeout=10).text)
 
     async def send(client: VLLMClient, user: UserProfile) -> None:
         try:
@@ -129,15 +126,21 @@ def test_block_layout_leaves_each_later_prompt_of_a_task_only_its_tail_to_comput
 
     settings = LLMSettings(base_url=vllm_tiny.base_url, model=vllm_tiny.served_name, timeout_s=120)
     tokenizer = AutoTokenizer.from_pretrained(tiny_export)
-    cost, predicted = {}, {}
+    cost, predicted, sent, encoded = {}, {}, {}, {}
+    for block in (0, KV_BLOCK_TOKENS):  # another user first, so the shared system message is cached for both runs alike
+        asyncio.run(send(VLLMClient.for_model(settings, tiny_export, block), UserProfile(liked=USER.liked, disliked=USER.disliked, age=31, gender="M", occupation="writer")))
     for block, occupation in ((0, "doctor"), (KV_BLOCK_TOKENS, "lawyer")):
         user = UserProfile(liked=USER.liked, disliked=USER.disliked, age=44, gender="F", occupation=occupation)
-        before = computed()
+        before = counters()
         asyncio.run(send(VLLMClient.for_model(settings, tiny_export, block), user))
-        cost[block] = computed() - before
+        used = counters() - before
+        cost[block], sent[block] = used.computed, used.prompt
         messages = [pointwise_prompt(user, c, n_candidates=10).messages for c in CANDS]
-        predicted[block] = prompt_token_cost(tokenizer, messages, block_size=KV_BLOCK_TOKENS, token_block=block)["with_reuse"]
+        tokens = prompt_token_cost(tokenizer, messages, block_size=KV_BLOCK_TOKENS, token_block=block)
+        predicted[block], encoded[block] = tokens["with_reuse"], tokens["without_reuse"]
     assert cost[KV_BLOCK_TOKENS] < cost[0]
+    # the tokens the bench reports as sent per user are the ones the prompts encode to, exactly
+    assert sent == encoded
     # the cost model the README's token counts come from is what vLLM computes: the saving exactly,
     # the totals up to the system message's blocks, which earlier users' prompts left cached
     assert cost[0] - cost[KV_BLOCK_TOKENS] == pytest.approx(predicted[0] - predicted[KV_BLOCK_TOKENS], abs=10)

@@ -183,3 +183,40 @@ def test_a_batching_server_is_given_as_many_at_once_as_its_deadline_has_room_for
     answered = [s for o, s in results if o == "answered"]
     assert len(answered) == 4
     assert all(s <= 0.3 + 0.05 for s in answered)
+
+
+def test_at_the_median_admission_plans_with_the_mean_scoring_time():
+    model = ScoringTimeModel(initial_seconds=1.0)
+    for seconds in (0.6, 1.4) * 20:
+        model.record(seconds, 1.0)
+    assert model.planned_seconds(2) == model.seconds(2)
+
+
+def test_a_high_quantile_plans_with_more_than_the_mean_when_scoring_times_vary():
+    steady, noisy = ScoringTimeModel(1.0, quantile=0.95), ScoringTimeModel(1.0, quantile=0.95)
+    for seconds in (0.6, 1.4) * 20:
+        steady.record(1.0, 1.0)
+        noisy.record(seconds, 1.0)
+    assert steady.planned_seconds(1) == pytest.approx(steady.seconds(1), rel=0.01)  # no spread, no margin
+    # scorings 40% either side of the mean: the 95% plan is well above the mean, and no more than
+    # its normal quantile would give for a spread of that size
+    assert 1.3 * noisy.seconds(1) < noisy.planned_seconds(1) < (1 + 1.645 * 0.6) * noisy.seconds(1)
+
+
+def test_planning_with_a_high_quantile_admits_fewer_at_once():
+    # the mean says two at once fit a 0.28 s budget (0.1 s each alone); scorings vary by half of that,
+    # so planning for the 90% quantile scores them one at a time
+    def admitted(quantile: float) -> int:
+        admission = LLMAdmission(slots=4, max_waiting=0, initial_seconds=SCORING_S, quantile=quantile)
+        for seconds in (0.05, 0.15) * 10:
+            admission.record(seconds, 1.0)
+        return sum(o == "answered" for o, _ in burst(admission, 4, 0.28))
+
+    assert admitted(0.5) == 2
+    assert admitted(0.9) == 1
+
+
+def test_the_quantile_must_lie_strictly_between_zero_and_one():
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError):
+            ScoringTimeModel(1.0, quantile=bad)
