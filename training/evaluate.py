@@ -519,7 +519,7 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
             console.print(base.with_suffix(".md").read_text())
             out.append(base.with_suffix(".json"))
             reports[backbone] = report
-    out += update_quality_report(req.reports_dir, dataset.name, manifest, reports)
+    out += update_quality_report(req.reports_dir, dataset.name, manifest, reports, paths)
     return out
 
 

@@ -14,6 +14,8 @@ import json
 import math
 from pathlib import Path
 
+from training.paths import Paths
+
 TARGET_GAIN = 0.10  # what we are after: +10% NDCG@3 over the backbone with the interval above 0
 
 
@@ -78,7 +80,9 @@ def _nan_to_none(x):
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
-def update_quality_report(folder: Path, dataset: str, manifest: dict, reports: dict[str, dict]) -> list[Path]:
+def update_quality_report(folder: Path, dataset: str, manifest: dict, reports: dict[str, dict], paths: Paths | None = None) -> list[Path]:
+    """Replaces the evaluated variant's rows; with `paths`, also pairs the variants on the validation
+    users where their engine outputs are on this machine (training.variant_pairs)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"quality-{dataset}.json"
     quality = json.loads(path.read_text()) if path.is_file() else {"dataset": dataset, "rows": [], "variants": {}}
@@ -100,6 +104,15 @@ def update_quality_report(folder: Path, dataset: str, manifest: dict, reports: d
     quality["default"] = default_variant()
     quality["users"] = any_report["users"]
     quality["hint_reliability"] = _reliability_table(quality["variants"].get(quality["default"], {}).get("hint_reliability"))
+    if paths is not None:
+        from training.variant_pairs import update_validation_pairs
+
+        quality["validation_pairs"] = update_validation_pairs(quality, paths)
+    return write_quality_report(folder, dataset, quality)
+
+
+def write_quality_report(folder: Path, dataset: str, quality: dict) -> list[Path]:
+    path = folder / f"quality-{dataset}.json"
     path.write_text(json.dumps(quality, indent=1, default=_nan_to_none))
     md = folder / f"quality-{dataset}.md"
     md.write_text(quality_markdown(quality))
@@ -129,7 +142,10 @@ def quality_markdown(q: dict) -> str:
             for m, x in per_m.items():
                 cells = " | ".join(f"{x[k]:.4f}" if k in x else "-" for k in ("backbone", "hybrid", "pointwise", "pairwise", "listwise"))
                 lines.append(f"| {name} | {v['tuned_on']} ({v['profile']}) | {b} | {m[1:]} | {cells} |")
-    lines += ["", "## Hint reliability (following the hint alone)", "", "| variant | set | pairwise accuracy | listwise hits@5 |", "|---|---|---:|---:|"]
+    from training.variant_pairs import pairs_markdown
+
+    lines += ["", *pairs_markdown(q.get("validation_pairs", {}))]
+    lines += ["## Hint reliability (following the hint alone)", "", "| variant | set | pairwise accuracy | listwise hits@5 |", "|---|---|---:|---:|"]
     for name, v in sorted(q["variants"].items()):
         for where, x in (v.get("hint_reliability") or {}).items():
             lines.append(f"| {name} | {where} | {x['pairwise_accuracy']:.3f} | {x['listwise_hits_at_5']:.3f} |")
