@@ -460,6 +460,12 @@ def llm_clients(req: EvalRequest, paths: Paths, model_dir: Path, prompt_cfg: Pro
 SERVING_VALIDATION_METHODS = ("backbone", *TASK_METHODS, "hybrid")
 
 
+def serving_ranks(records: list[Record]) -> dict[str, np.ndarray]:
+    """{method: each user's target rank} for the serving-validation methods (nothing fitted)."""
+    orders = [method_orders(r, {}) for r in records]
+    return {method: np.asarray([target_rank(o[method], r) for o, r in zip(orders, records, strict=True)]) for method in SERVING_VALIDATION_METHODS}
+
+
 def serving_validation(paths: Paths, split: Split, model_dir: Path, backbone: str, req: EvalRequest = EvalRequest()) -> dict:
     """The serving task on the validation stage: NDCG@3 / HR@3 of reranking every validation user's
     `backbone` top-m (the validation item the relevant one) by the backbone, each task and the
@@ -481,7 +487,7 @@ def serving_validation(paths: Paths, split: Split, model_dir: Path, backbone: st
         with llm_clients(req, paths, model_dir, prompt_cfg) as new_client:
             records = stage_records(cache, functools.partial(run_engine, new_client, split, users, "valid", m, tops, prompt_cfg, scores, req.concurrent_users,
                                                              req.score_every_user))
-    ranks = {method: np.asarray([target_rank(method_orders(r, {})[method], r) for r in records]) for method in SERVING_VALIDATION_METHODS}
+    ranks = serving_ranks(records)
     gain = paired_comparison(ndcg_gains(ranks["hybrid"], 3), ndcg_gains(ranks["backbone"], 3), n_boot=req.bootstrap, seed=req.seed)
     return {
         "backbone": backbone, "m": m, "users": len(records), "users_asked": sum(r.scored for r in records),

@@ -133,6 +133,18 @@ def _target_verdict(gap: float, ci_low: float) -> str:
     return f"{gap:.4f} short"
 
 
+def pairs_markdown(pairs: dict) -> list[str]:
+    if not pairs:
+        return []
+    lines = ["## Variants paired on the validation users (NDCG@3 of the serving task, LightGCN top-10)", "",
+             "The variant minus its reference on the same users: difference, 95% bootstrap interval, paired t-test p.", "",
+             "| variant | reference | method | diff | 95% interval | p |", "|---|---|---|---:|---|---:|"]
+    for p in pairs.values():
+        for method, c in p["ndcg3"].items():
+            lines.append(f"| {p['variant']} | {p['reference']} | {method} | {c['diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['p_value']:.3f} |")
+    return [*lines, ""]
+
+
 def quality_markdown(q: dict) -> str:
     lines = [f"# Reranking quality on {q['dataset']}: variants side by side", "",
              f"Test users: {q['users']['test']}, validation users: {q['users']['valid']}. Default variant (`make tune`): `{q['default']}`.", ""]
@@ -142,8 +154,6 @@ def quality_markdown(q: dict) -> str:
             for m, x in per_m.items():
                 cells = " | ".join(f"{x[k]:.4f}" if k in x else "-" for k in ("backbone", "hybrid", "pointwise", "pairwise", "listwise"))
                 lines.append(f"| {name} | {v['tuned_on']} ({v['profile']}) | {b} | {m[1:]} | {cells} |")
-    from training.variant_pairs import pairs_markdown
-
     lines += ["", *pairs_markdown(q.get("validation_pairs", {}))]
     lines += ["## Hint reliability (following the hint alone)", "", "| variant | set | pairwise accuracy | listwise hits@5 |", "|---|---|---:|---:|"]
     for name, v in sorted(q["variants"].items()):

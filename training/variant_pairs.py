@@ -20,21 +20,19 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from training.evaluate import (
     TASK_METHODS,
     EvalRequest,
     Record,
     engine_cache_dir,
-    method_orders,
     ndcg_gains,
+    serving_ranks,
     stage_cache_name,
     stage_records,
-    target_rank,
 )
 from training.paired_stats import paired_comparison
 from training.paths import Paths
+from training.quality_report import pairs_markdown, write_quality_report
 
 PAIR_METHODS = ("hybrid", *TASK_METHODS)
 
@@ -63,11 +61,9 @@ def compare_records(a: list[Record], b: list[Record], n_boot: int = 2000, seed: 
     with the same candidates (then nothing is paired)."""
     if [(r.user, r.items, r.target) for r in a] != [(r.user, r.items, r.target) for r in b]:
         return None
-    out = {}
-    for method in PAIR_METHODS:
-        ranks = [np.asarray([target_rank(method_orders(r, {})[method], r) for r in recs]) for recs in (a, b)]
-        out[method] = paired_comparison(ndcg_gains(ranks[0], 3), ndcg_gains(ranks[1], 3), n_boot=n_boot, seed=seed)
-    return out
+    ranks_a, ranks_b = serving_ranks(a), serving_ranks(b)
+    return {method: paired_comparison(ndcg_gains(ranks_a[method], 3), ndcg_gains(ranks_b[method], 3), n_boot=n_boot, seed=seed)
+            for method in PAIR_METHODS}
 
 
 def update_validation_pairs(quality: dict, paths: Paths) -> dict:
@@ -92,20 +88,7 @@ def update_validation_pairs(quality: dict, paths: Paths) -> dict:
     return pairs
 
 
-def pairs_markdown(pairs: dict) -> list[str]:
-    if not pairs:
-        return []
-    lines = ["## Variants paired on the validation users (NDCG@3 of the serving task, LightGCN top-10)", "",
-             "The variant minus its reference on the same users: difference, 95% bootstrap interval, paired t-test p.", "",
-             "| variant | reference | method | diff | 95% interval | p |", "|---|---|---|---:|---|---:|"]
-    for p in pairs.values():
-        for method, c in p["ndcg3"].items():
-            lines.append(f"| {p['variant']} | {p['reference']} | {method} | {c['diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['p_value']:.3f} |")
-    return [*lines, ""]
-
-
 def main(argv: list[str] | None = None) -> int:
-    from training.quality_report import write_quality_report
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")

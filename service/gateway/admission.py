@@ -20,8 +20,8 @@ own scoring; the others are refused with `Overloaded` at once, and the caller an
 is always admitted, so the estimate keeps learning even when it says nothing fits.
 
 The estimate is a mean, and a scoring that runs longer than its mean misses its deadline when the
-budget was filled to the mean (`make bench`'s overload run, 2026-12-07: 10 and 27 admitted requests
-missed the deadline by a few ms in two runs). With `quantile` above 0.5 admission plans with that
+budget was filled to the mean (`make bench`'s overload runs on a 2-core Zen 4 EPYC, 2026-12-07: 10 and
+27 admitted requests came back `llm_deadline`). With `quantile` above 0.5 admission plans with that
 quantile of the scoring time instead: the mean times 1 + z * (the spread of recent scorings around
 the model, relative to it), z the normal quantile.
 """
@@ -72,14 +72,12 @@ class ScoringTimeModel:
         self._w = self._wx = self._wy = self._wxx = self._wxy = 0.0
         self.fixed, self.shared = 0.0, initial_seconds  # a and b
         self._z = NormalDist().inv_cdf(quantile)
-        self.relative_spread = 0.0  # root of the smoothed squared relative error of the model's predictions
-        self._relative_var = 0.0
+        self._relative_var = 0.0  # smoothed squared relative error of the model's predictions
 
     def record(self, seconds: float, in_flight: float) -> None:
         x = max(1.0, in_flight)
         error = seconds / self.seconds(x) - 1.0  # against what the model said before this sample
         self._relative_var += self._smoothing * (error * error - self._relative_var)
-        self.relative_spread = math.sqrt(self._relative_var)
         self.per_request += self._smoothing * (seconds / x - self.per_request)
         k = self._keep
         self._w, self._wx, self._wy = k * self._w + 1.0, k * self._wx + x, k * self._wy + seconds
@@ -97,6 +95,11 @@ class ScoringTimeModel:
     def seconds(self, in_flight: float) -> float:
         """The mean seconds of one scoring with `in_flight` at once."""
         return self.fixed + self.shared * max(1.0, in_flight)
+
+    @property
+    def relative_spread(self) -> float:
+        """How far recent scorings strayed from the model's prediction, relative to it (an RMS)."""
+        return math.sqrt(self._relative_var)
 
     def planned_seconds(self, in_flight: float) -> float:
         """The seconds admission plans with: the quantile's, never less than the mean's."""

@@ -174,11 +174,10 @@ async def baseline_scenario(server: VLLMServer, store: InteractionStore, cfg: Pr
     return summarise(outcomes, wall, users=len(users), concurrency=args.concurrency, prompts_per_user=prompts, failed_parses=failed).as_dict()
 
 
-def measure_model(settings: GatewaySettings, model_dir: Path, store: InteractionStore, users: list[str], all_users: list[str], args,
-                  logs: Path, pressure: bool) -> tuple[dict, float]:
-    """One model's scenarios through `make serve`'s stack (overload and soak when `pressure`), then
-    the paper-style baseline on the same model; returns them and the hybrid's speedup over it."""
-    cfg = prompt_config_of(model_dir, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked)
+def measure_model(settings: GatewaySettings, model_dir: Path, cfg: PromptConfig, store: InteractionStore, users: list[str], all_users: list[str],
+                  args, logs: Path, pressure: bool) -> tuple[dict, float]:
+    """One model (prompted as `cfg`) through `make serve`'s stack (overload and soak when `pressure`),
+    then the paper-style baseline on the same model; returns them and the hybrid's speedup over it."""
     port, llm_port = free_port(), free_port()
     log = logs / f"bench-stack-{port}.log"
     base = f"http://127.0.0.1:{port}"
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     users = random.Random(1).sample(all_users, args.users)
     logs = settings.cache_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    scenarios, speedup = measure_model(settings, settings.resolved_model_dir, store, users, all_users, args, logs, pressure=True)
+    scenarios, speedup = measure_model(settings, settings.resolved_model_dir, prompt_cfg, store, users, all_users, args, logs, pressure=True)
     report = {
         "scenarios": scenarios,
         "speedup_vs_baseline": round(speedup, 2),
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_model is not None:
         other_cfg = prompt_config_of(args.compare_model, settings.dataset, settings.prompt_max_liked, settings.prompt_max_disliked)
         console.print(f"compare: {args.compare_model} (item tokens: {other_cfg.item_tokens}), hybrid and baseline")
-        other, other_speedup = measure_model(settings, args.compare_model, store, users, all_users, args, logs, pressure=False)
+        other, other_speedup = measure_model(settings, args.compare_model, other_cfg, store, users, all_users, args, logs, pressure=False)
         report["compare"] = {"model": str(args.compare_model), "item_tokens": other_cfg.item_tokens, "scenarios": other,
                              "speedup_vs_baseline": round(other_speedup, 2)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -254,15 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"bench ({args.out})")
     for col in ("scenario", "requests", "errors", "degraded", "rps", "p50 ms", "p95 ms", "p99 ms"):
         table.add_column(col)
-    for name, s in scenarios.items():
+    compared = report.get("compare", {}).get("scenarios", {})
+    for name, s in [*scenarios.items(), *((f"compare {n}", c) for n, c in compared.items())]:
         table.add_row(name, str(s["requests"]), str(s["errors"]), str(s["degraded"]), f"{s['rps']:.2f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}")
-    for name, s in report.get("compare", {}).get("scenarios", {}).items():
-        table.add_row(f"compare {name}", str(s["requests"]), str(s["errors"]), str(s["degraded"]), f"{s['rps']:.2f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}")
     console.print(table)
     console.print(f"hybrid vs baseline: {speedup:.2f}x users/s")
     if "compare" in report:
         console.print(f"compare model {report['compare']['model']}: {report['compare']['speedup_vs_baseline']:.2f}x users/s")
-    for label, hybrid in (("served", scenarios["hybrid"]), ("compare", report.get("compare", {}).get("scenarios", {}).get("hybrid"))):
+    for label, hybrid in (("served", scenarios["hybrid"]), ("compare", compared.get("hybrid"))):
         if hybrid and "prompt_tokens_per_user" in hybrid:
             console.print(f"{label}: {hybrid['prompt_tokens_per_user']:.0f} prompt tokens per user, {hybrid['computed_prompt_tokens_per_user']:.0f} computed (vLLM's counters)")
     return 0

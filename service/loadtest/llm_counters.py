@@ -5,12 +5,12 @@ tokens). The bench reads them before and after a scenario, so the difference is 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
-_COUNTERS = {"prompt": "vllm:prompt_tokens_total", "queries": "vllm:prefix_cache_queries_total", "hits": "vllm:prefix_cache_hits_total"}
+_KEYS = {"vllm:prompt_tokens_total": "prompt", "vllm:prefix_cache_queries_total": "queries", "vllm:prefix_cache_hits_total": "hits"}
 
 
 @dataclass(frozen=True)
@@ -32,20 +32,20 @@ class PromptTokenCounters:
         return {"prompt_tokens_per_user": round(self.prompt / n, 1), "computed_prompt_tokens_per_user": round(self.computed / n, 1)}
 
 
-def parse_counters(metrics_text: str) -> PromptTokenCounters:
-    """Sums each counter over its label sets (one per served model name). A counter the server does
-    not export reads 0, and the caller sees 0 tokens rather than a made-up number."""
-
-    def total(name: str) -> float:
-        pattern = rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$"
-        return sum(float(v) for v in re.findall(pattern, metrics_text, re.M))
-
-    return PromptTokenCounters(**{key: total(name) for key, name in _COUNTERS.items()})
+def parse_counters(metrics_text: str) -> PromptTokenCounters | None:
+    """Sums each counter over its label sets (one per served model name), or None when the server
+    exports one of them not at all: a missing counter gives no reading rather than a made-up 0."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name in _KEYS:
+                totals[_KEYS[sample.name]] = totals.get(_KEYS[sample.name], 0.0) + sample.value
+    return PromptTokenCounters(**totals) if len(totals) == len(_KEYS) else None
 
 
 async def read_counters(http: httpx.AsyncClient, llm_base: str) -> PromptTokenCounters | None:
-    """The server's counters now, or None when its /metrics cannot be read (the bench then reports
-    no token numbers instead of failing the whole run)."""
+    """The server's counters now, or None when its /metrics cannot be read or lacks one of them (the
+    bench then reports no token numbers instead of failing the whole run)."""
     try:
         resp = await http.get(f"{llm_base}/metrics", timeout=10)
         resp.raise_for_status()
