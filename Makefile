@@ -7,13 +7,15 @@ DATASET ?= ml-100k
 # Original files of DATASET (ml-1m, bookcrossing, atomic: a folder); empty = the embedded ML-100K.
 DATA_PATH ?=
 DATA_ARGS = --dataset $(DATASET) $(if $(DATA_PATH),--data-path $(DATA_PATH))
+# The one place DATASET reaches the gateway's settings (make serve, bench, replay).
+SERVE_ENV = RECRANKER_DATASET=$(DATASET)
 BACKBONES ?= pop mf lightgcn sgl sasrec bert4rec cl4srec
 PYTEST_ARGS ?=
 PROFILE ?= cpu
 HINT_BACKBONE ?= lightgcn
 SAMPLING ?= adaptive
 
-.PHONY: install data backbones bench-scaling tune ablate eval variants serve bench deploy-check dashboards test test-all lint clean
+.PHONY: install data backbones bench-scaling tune ablate eval variants serve replay bench deploy-check dashboards test test-all lint clean
 
 $(PY):
 	python3.11 -m venv $(VENV)
@@ -79,13 +81,21 @@ serve: $(PY)
 	  echo "serve: no tuned model in artifacts/$(DATASET)/model yet; building it first with make tune (about 31 min on 2 cores of an AVX512-BF16 EPYC, up to 55 on slower CPUs; progress below)"; \
 	  $(MAKE) --no-print-directory tune; fi
 	@if [ ! -f artifacts/$(DATASET)/serving/meta.json ]; then $(MAKE) --no-print-directory data; fi
-	$(PY) -m service.gateway.stack
+	$(SERVE_ENV) $(PY) -m service.gateway.stack
+
+# The served answers, measured: the gateway on each test user's test-time state, every evaluated user
+# through POST /rerank with make eval's candidates; the default request (the serving policy) and
+# `fusion: hybrid` (vLLM CPU) against the offline numbers -> reports/replay-$(DATASET).json. Needs
+# `make tune` (and `make eval` for the hybrid run).
+REPLAY_RUNS ?= policy hybrid
+replay: $(PY)
+	$(PY) -m training.replay $(DATA_ARGS) --runs $(REPLAY_RUNS)
 
 # Load test from a second process against the stack `make serve` starts, plus the paper-style
 # baseline on the same model -> reports/bench.json. BENCH_COMPARE=<model folder> measures a second
 # model's hybrid and baseline in the same run (e.g. artifacts/ml-100k/model-item_tokens).
 bench: $(PY)
-	$(PY) -m service.loadtest $(if $(BENCH_COMPARE),--compare-model $(BENCH_COMPARE))
+	$(SERVE_ENV) $(PY) -m service.loadtest $(if $(BENCH_COMPARE),--compare-model $(BENCH_COMPARE))
 
 # Deployment checks without a Docker engine: compose, Dockerfiles (hadolint), Prometheus config
 # (promtool), dashboards vs their generator, Kubernetes schemas, a real Prometheus scraping a gateway.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from service.backbones.feature_source import FeatureInputs
+from service.ranking.features import CandidateContext, non_llm_features
 from tests.conftest import synthetic_dataset
 from training.data.split import leave_one_out
 from training.evaluate import Record
@@ -56,3 +58,14 @@ def inputs():
     popularity = rng.integers(0, 40, split.n_items).astype(float)
     scores = {stage: {name: rng.normal(0, 1, (split.n_users, split.n_items)) for name in FEATURE_BACKBONES} for stage in ("valid", "test")}
     return split, valid, test, popularity, scores
+
+
+def matrix_inputs(split, rec: Record, popularity: np.ndarray, stage_scores: dict[str, np.ndarray]) -> FeatureInputs:
+    """The learned ranker's inputs from score matrices and the record's own backbone scores (as the
+    code before the serving policy built them), in the shape `make eval` now gets from the gateway's
+    builder (`FeatureSource.inputs`)."""
+    ds = split.dataset
+    by_backbone = {name: scores[rec.user, rec.items] for name, scores in stage_scores.items()}
+    ctx = CandidateContext([ds.items[i].genres for i in split.history(rec.user, rec.stage)], [ds.items[i].genres for i in rec.items],
+                           popularity[rec.items], by_backbone)
+    return FeatureInputs(np.asarray(rec.backbone_scores), non_llm_features(ctx), by_backbone)

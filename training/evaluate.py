@@ -11,8 +11,9 @@ The non-LLM competitor `learned_no_llm` is LightGBM LambdaRank over the scores a
 backbones, training-period popularity, genre overlap and recency (`service.ranking.features`);
 `learned` adds the three LLM task utilities to the same features and falls back to
 `learned_no_llm` unless cross-validation on the validation users shows the LLM clearly helps.
-Fitting and selection are `training.fusion_selection`'s; every fused order is `fuse`'s, the call
-the gateway serves. Each method's per-user HR@k / NDCG@k is compared, paired, with the backbone's
+Fitting and selection are `training.fusion_selection`'s, the serving policy (which method `/rerank`
+serves) `training.serving_policy`'s; the learned rankers' inputs come from the gateway's own builder
+(`service.backbones.feature_source`) and every fused order is `fuse`'s, the call the gateway serves. Each method's per-user HR@k / NDCG@k is compared, paired, with the backbone's
 and with `learned_no_llm`'s (`training.paired_stats`). Raw engine outputs are cached per model and
 backbone, so re-running only recomputes the report.
 """
@@ -35,40 +36,41 @@ from rich.console import Console
 from tqdm.auto import tqdm
 
 from service.llm.client import LLMSettings, VLLMClient, prompt_format_of
-from service.llm.hardware import default_cpu_dtype
+from service.llm.hardware import default_cpu_dtype, machine_description
 from service.llm.prompt_tokens import PromptEncoder
 from service.llm.vllm_server import VLLMServer
 from service.ranking.engine import EngineConfig, RankingEngine, seed_for
-from service.ranking.features import CandidateContext, non_llm_features, rank_among
-from service.ranking.fusion import LearnedFusion, feature_matrix, fuse, fusion_model_path, rank_by
+from service.ranking.fusion import fuse, rank_by
 from service.ranking.item_tokens import prompt_config_of_model
 from service.ranking.prompts import Candidate, PromptConfig
 from service.ranking.tasks import TASKS
 from training.backbone_artifacts import load_backbone
 from training.data import DataError, Split, leave_one_out, load_dataset, require_held_out_users
 from training.data.fingerprint import dataset_fingerprint
-from training.fusion_selection import (
-    LearnedFusionConfig,
-    UserGroup,
-    clearly_better,
-    cross_validate,
-    fit_learned_fusion,
-    select_hybrid_weights,
-)
+from training.fusion_selection import select_hybrid_weights
 from training.instructions import user_profile
 from training.metrics import KS, hit_gains, hr_from_ranks, metrics_from_ranks, ndcg_from_ranks, ndcg_gains
 from training.paired_stats import paired_comparison
 from training.paths import Paths
 from training.pipeline import train_backbone
 from training.quality_report import default_variant, update_quality_report, variant_of
+from training.serving_policy import (
+    FEATURE_BACKBONES,
+    feature_source,
+    fit_policy,
+    method_order,
+    policy_table,
+    record_inputs,
+    relevant_index,
+    save_policy,
+    utilities_of,
+)
 
 console = Console(soft_wrap=True)
 TASK_METHODS = TASKS
 METHODS = ("backbone", *TASK_METHODS, "hybrid", "hybrid_tuned", "rank_mean_no_llm", "learned_no_llm", "learned")
 UNFITTED = ("backbone", *TASK_METHODS, "hybrid", "rank_mean_no_llm")  # scored on validation users too
-FEATURE_BACKBONES = ("mf", "lightgcn", "sasrec")
 REFERENCES = ("backbone", "learned_no_llm")  # what each method is compared with, paired
-GUARD_Z = 2.25
 
 
 @dataclass(frozen=True)
@@ -197,65 +199,17 @@ def stage_records(cache: Path, run: Callable[[], Awaitable[list[Record]]] | None
     return records
 
 
-def utilities_of(rec: Record) -> dict[str, np.ndarray]:
-    return {t: np.asarray(v) for t, v in rec.utilities.items()}
-
-
-def non_llm_inputs(split: Split, rec: Record, popularity: np.ndarray, stage_scores: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The learned fusion's non-LLM inputs for one user, (backbone scores, extra features), through
-    the builder the gateway runs (`non_llm_features`), with every feature backbone's scores."""
-    ds = split.dataset
-    ctx = CandidateContext(
-        liked_genres=[ds.items[i].genres for i in split.history(rec.user, rec.stage)],
-        candidate_genres=[ds.items[i].genres for i in rec.items],
-        candidate_popularity=popularity[rec.items],
-        backbone_scores={name: scores[rec.user, rec.items] for name, scores in stage_scores.items()},
-    )
-    return np.asarray(rec.backbone_scores), non_llm_features(ctx)
-
-
-def features_of(split: Split, rec: Record, popularity: np.ndarray, stage_scores: dict[str, np.ndarray], with_llm: bool):
-    """The learned fusion's input for one user, as `fuse` builds it (for fitting)."""
-    scores, extra = non_llm_inputs(split, rec, popularity, stage_scores)
-    return feature_matrix(rec.m, utilities_of(rec) if with_llm else None, backbone_scores=scores, extra=extra)
-
-
-def rank_mean_order(rec: Record, stage_scores: dict[str, np.ndarray]) -> list[int]:
-    """The plain non-LLM ensemble: candidates by their mean rank over the feature backbones."""
-    mean_rank = np.mean([rank_among(scores[rec.user, rec.items]) for scores in stage_scores.values()], axis=0)
-    return [int(i) for i in np.argsort(mean_rank, kind="stable")]
-
-
-def method_orders(rec: Record, stage_scores: dict[str, np.ndarray]) -> dict[str, list[int]]:
-    """Orders of the methods that need nothing fitted (candidate indices, best first): each task
-    alone (the backbone order when it did not answer) and the equal-weight hybrid."""
+def method_orders(rec: Record) -> dict[str, list[int]]:
+    """Orders of the methods that need nothing fitted nor any backbone but the list's (candidate
+    indices, best first): the backbone, each task alone (the backbone order when it did not answer)
+    and the equal-weight hybrid."""
     util = utilities_of(rec)
     backbone = list(range(rec.m))
     out = {"backbone": backbone}
     for task in TASK_METHODS:
         out[task] = rank_by(util[task]) if task in util else backbone
     out["hybrid"] = fuse(rec.m, util).order
-    if stage_scores:
-        out["rank_mean_no_llm"] = rank_mean_order(rec, stage_scores)
     return out
-
-
-def fitted_orders(split: Split, rec: Record, popularity: np.ndarray, stage_scores: dict[str, np.ndarray], fitted: dict[str, LearnedFusion],
-                  uses_llm: bool, tuned_weights: dict[str, float]) -> dict[str, list[int]]:
-    """Orders of the methods fitted on the validation users, through `fuse` as the gateway serves
-    them; `learned` is `learned_no_llm` unless it kept the LLM features."""
-    util = utilities_of(rec)
-    scores, extra = non_llm_inputs(split, rec, popularity, stage_scores)
-    no_llm = fuse(rec.m, {}, learned=fitted["learned_no_llm"], backbone_scores=scores, extra=extra).order
-    return {
-        "hybrid_tuned": fuse(rec.m, util, weights=tuned_weights).order,
-        "learned_no_llm": no_llm,
-        "learned": fuse(rec.m, util, learned=fitted["learned"], backbone_scores=scores, extra=extra).order if uses_llm else no_llm,
-    }
-
-
-def relevant_index(rec: Record) -> int | None:
-    return rec.items.index(rec.target) if rec.target in rec.items else None
 
 
 def target_rank(order: list[int], rec: Record) -> int:
@@ -313,62 +267,55 @@ def stage_backbone_scores(paths: Paths, split: Split, names: tuple[str, ...]) ->
     return out
 
 
-def fit_fusions(split: Split, valid: list[Record], popularity: np.ndarray, scores: dict[str, np.ndarray], seed: int) -> tuple[dict[str, LearnedFusion], dict]:
-    """Both learned fusions on the validation users, and the decision whether `learned` keeps its
-    LLM features: only when its cross-validated NDCG@3 beats `learned_no_llm`'s for clearly more
-    users than it loses (the fusion's sign test); otherwise `learned` is `learned_no_llm`."""
-    config = LearnedFusionConfig(guard_k=3, seed=seed)
-    fitted, cv, per_user = {}, {}, {}
-    for name, with_llm in (("learned_no_llm", False), ("learned", True)):
-        groups = [UserGroup.with_relevant(features_of(split, r, popularity, scores, with_llm), relevant_index(r)) for r in valid]
-        report, per_user[name] = cross_validate(groups, config, folds=5, k=3)
-        fitted[name] = fit_learned_fusion(groups, config)
-        cv[name] = asdict(report) | {"fallback": fitted[name].fallback_}
-    keeps_llm = clearly_better(per_user["learned"]["guarded"], per_user["learned_no_llm"]["guarded"], GUARD_Z)
-    cv["learned"]["uses_llm_features"] = bool(keeps_llm)
-    return fitted, cv
-
-
 def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: str, new_client: Callable[[], VLLMClient], prompt_cfg: PromptConfig, run_key: str, model_dir: Path,
                       all_scores: dict[str, dict[str, np.ndarray]]) -> dict:
-    """`all_scores`: `stage_backbone_scores` of every backbone the run needs, computed once per run."""
+    """`all_scores`: `stage_backbone_scores` of the list backbones, computed once per run. The serving
+    policy for this backbone's lists (`training.serving_policy`) is fitted on the validation users
+    and saved next to the model; its models give the learned rows of the test users."""
     ds = split.dataset
     folder = paths.backbone_dir(ds.name, backbone)
     tops = candidate_lists(folder, ds)
     names = tuple(dict.fromkeys((*req.feature_backbones, backbone)))
-    scores = {stage: {name: per_name[name] for name in names} for stage, per_name in all_scores.items()}
-    _, liked_items = split.liked_pairs()
-    popularity = np.bincount(liked_items, minlength=split.n_items).astype(float)
+    source = feature_source(paths, split, names)
     stage_users = {"test": sample_users(split, req.test_users, req.seed), "valid": sample_users(split, req.valid_users, req.seed + 1)}
     cache_dir = engine_cache_dir(paths, ds.name, run_key)
-    report: dict = {"rows": [], "paired": [], "validation": {}, "cv": {}, "moves": {}, "llm": {}, "fusion_models": {},
+    report: dict = {"rows": [], "paired": [], "validation": {}, "cv": {}, "moves": {}, "llm": {}, "fusion_models": {}, "policy": {},
                     "users": {stage: int(len(u)) for stage, u in stage_users.items()}, "feature_backbones": list(names)}
+    manifest = json.loads((model_dir / "manifest.json").read_text())
     for m in req.ms:
         records: dict[str, list[Record]] = {}
+        inputs: dict[str, list] = {}
         for stage, users in stage_users.items():
             records[stage] = stage_records(cache_dir / stage_cache_name(backbone, stage, m, len(users), req.seed, req.score_every_user),
-                                           functools.partial(run_engine, new_client, split, users, stage, m, tops, prompt_cfg, scores[stage][backbone], req.concurrent_users,
+                                           functools.partial(run_engine, new_client, split, users, stage, m, tops, prompt_cfg, all_scores[stage][backbone], req.concurrent_users,
                                                              req.score_every_user))
+            inputs[stage] = [record_inputs(source, split, r, backbone) for r in records[stage]]
+        fit = fit_policy(split, records["valid"], inputs["valid"], backbone, seed=req.seed, feature_backbones=names, model_run_key=run_key,
+                         data_fingerprint=manifest.get("data_fingerprint"), machine=machine_description(), n_boot=req.bootstrap)
         valid_ranks = {method: [] for method in UNFITTED}
-        for rec in records["valid"]:
-            for method, order in method_orders(rec, scores["valid"]).items():
+        for rec, x in zip(records["valid"], inputs["valid"], strict=True):
+            orders = method_orders(rec) | {"rank_mean_no_llm": method_order("rank_mean_no_llm", rec, x, fit.models)}
+            for method, order in orders.items():
                 valid_ranks[method].append(target_rank(order, rec))
         report["validation"][f"m{m}"] = {method: metrics_from_ranks(np.asarray(r), (3,)) for method, r in valid_ranks.items()}
-        fitted, cv = fit_fusions(split, records["valid"], popularity, scores["valid"], req.seed)
-        fusion_dir = model_dir / "fusion"
-        fusion_dir.mkdir(exist_ok=True)
-        for name, model in fitted.items():
-            path = fusion_model_path(fusion_dir, backbone, m, name)
-            model.save(path)
-            report["fusion_models"][f"{name}_m{m}"] = str(path)
-            report["cv"][f"{name}_m{m}"] = cv[name]
-        uses_llm = cv["learned"]["uses_llm_features"]
+        if m == req.ms[0]:  # the policy the gateway serves is fitted on its default list length
+            path = save_policy(fit, split, model_dir)
+            report["fusion_models"] = {name: str(path.parent / file) for name, file in fit.policy.fitted_models.items()}
+            report["policy"] = asdict(fit.policy)
+            console.print(policy_table(fit.policy))
+        for name, cv in fit.cv.items():
+            report["cv"][f"{name}_m{m}"] = cv
+        uses_llm = bool(fit.cv.get("learned", {}).get("uses_llm_features"))
         tuned_weights = select_hybrid_weights([(r.m, utilities_of(r), relevant_index(r)) for r in records["valid"]], k=3)
         report.setdefault("hybrid_tuned_weights", {})[f"m{m}"] = tuned_weights
         test = records["test"]
         ranks: dict[str, list[int]] = {method: [] for method in METHODS}
-        for rec in test:
-            orders = method_orders(rec, scores["test"]) | fitted_orders(split, rec, popularity, scores["test"], fitted, uses_llm, tuned_weights)
+        for rec, x in zip(test, inputs["test"], strict=True):
+            orders = method_orders(rec)
+            orders["hybrid_tuned"] = fuse(rec.m, utilities_of(rec), weights=tuned_weights).order
+            for method in ("rank_mean_no_llm", "learned_no_llm"):
+                orders[method] = method_order(method, rec, x, fit.models)
+            orders["learned"] = method_order("learned", rec, x, fit.models) if uses_llm else orders["learned_no_llm"]
             for method, order in orders.items():
                 ranks[method].append(target_rank(order, rec))
         arrays = {k: np.asarray(v) for k, v in ranks.items()}
@@ -462,7 +409,7 @@ SERVING_VALIDATION_METHODS = ("backbone", *TASK_METHODS, "hybrid")
 
 def serving_ranks(records: list[Record]) -> dict[str, np.ndarray]:
     """{method: each user's target rank} for the serving-validation methods (nothing fitted)."""
-    orders = [method_orders(r, {}) for r in records]
+    orders = [method_orders(r) for r in records]
     return {method: np.asarray([target_rank(o[method], r) for o, r in zip(orders, records, strict=True)]) for method in SERVING_VALIDATION_METHODS}
 
 
@@ -509,7 +456,7 @@ def run_eval(req: EvalRequest, paths: Paths) -> list[Path]:
     prompt_cfg = prompt_config_of_model(model_dir, manifest["prompt_config"])
     for backbone in dict.fromkeys((*req.backbones, *req.feature_backbones)):  # `make tune` trains only the hint backbone; a trained one is skipped
         train_backbone(backbone, dataset, split, paths)
-    all_scores = stage_backbone_scores(paths, split, tuple(dict.fromkeys((*req.backbones, *req.feature_backbones))))
+    all_scores = stage_backbone_scores(paths, split, tuple(req.backbones))
     out = []
     reports = {}
     with llm_clients(req, paths, model_dir, prompt_cfg) as new_client:

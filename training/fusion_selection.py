@@ -10,7 +10,6 @@ its fallback and this module's config and report) and hybrid weights, both appli
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -30,6 +29,7 @@ from service.ranking.fusion import (
     rank_by,
     task_utilities_of,
 )
+from service.ranking.policy import clearly_better
 from service.ranking.tasks import TASKS
 from training.metrics import ndcg_at_k, ndcg_gains
 
@@ -119,27 +119,6 @@ class CVReport:
     backbone: float
     fallback_folds: int
     per_fold: list[dict[str, float]]
-
-
-def clearly_better(a: np.ndarray, b: np.ndarray, z: float, min_users: int = 10) -> bool:
-    """Per-user scores a beat b: at least `min_users` users' scores differ, and either test says so
-    at z: a sign test (wins minus losses above z * sqrt(wins + losses)) or a one-sided paired t
-    statistic over all users (the mean difference above z standard errors).
-
-    The sign test catches many small consistent gains and ignores size; the paired test weighs how
-    far each user's relevant item moved, which is what NDCG rewards, and catches large gains on
-    fewer users. The sign test alone kept the backbone order although the cross-validated LambdaRank
-    model was 25% better on held-out validation users (README, "learned fusion"); the t test alone
-    missed a backbone clearly better than a noise hybrid on 80 users (tests/unit/test_fusion_selection.py).
-    Two tests at z = 2.25 make a false "better" about 2.4% likely on noise."""
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    wins, losses = int((diff > 1e-12).sum()), int((diff < -1e-12).sum())
-    n = wins + losses
-    if n < min_users:
-        return False
-    sign = wins - losses > z * math.sqrt(n)
-    paired = diff.mean() > z * diff.std(ddof=1) / math.sqrt(len(diff))
-    return bool(sign or paired)
 
 
 def _ndcg(order: Sequence[int], labels: np.ndarray, k: int) -> float:

@@ -6,6 +6,7 @@ same configuration, so a second `make tune` reuses everything (folders are keyed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -85,7 +86,7 @@ def train_backbone(name: str, dataset: Dataset, split: Split, paths: Paths, over
 # 6: honest pairwise negatives are unrated items, the hint backbone's early-stopping like is masked).
 INSTRUCTIONS_VERSION = 6
 HINT_MODES = ("honest", "paper")
-NOT_TUNING_INPUTS = {"serving_validation_users"}
+NOT_TUNING_INPUTS = {"serving_validation_users", "policy_backbones"}
 # Request fields that joined after exports existed: at these values they stay out of the run key,
 # so those exports keep their keys (and are not retuned).
 KEY_DEFAULTS = {"item_tokens": "off", "item_vectors": "real"}
@@ -281,6 +282,7 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
         console.print(f"[dim]export {export_dir} is up to date, reused[/dim]")
         if rank == 0:
             ensure_serving_validation(export_dir, paths, split, req.backbone, profile)
+            ensure_serving_policy(export_dir, paths, split, req.backbone, profile)
         return export_dir
     from training.base_model import ensure_base_model
 
@@ -330,7 +332,40 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
     console.print(f"export -> {export_dir} ({time.perf_counter() - started:.0f}s in all)")
     console.print_json(json.dumps(manifest["validation"]))
     ensure_serving_validation(export_dir, paths, split, req.backbone, profile)
+    ensure_serving_policy(export_dir, paths, split, req.backbone, profile)
     return export_dir
+
+
+def ensure_serving_policy(export_dir: Path, paths: Paths, split: Split, backbone: str, profile: TuneProfile) -> Path:
+    """The serving policy for `backbone`'s lists (`training.serving_policy`), fitted on the
+    serving-task validation's users and LLM outputs (its cache) unless one for this model and data
+    is there already; the policy's feature backbones are trained first when missing."""
+    from service.ranking.policy import PolicyError, ServingPolicy, policy_dir
+    from training.evaluate import EvalRequest, engine_cache_dir, sample_users, stage_cache_name, stage_records
+    from training.serving_policy import feature_source, fit_policy, policy_table, record_inputs, save_policy
+
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    folder = policy_dir(export_dir, backbone)
+    names = tuple(dict.fromkeys((*profile.policy_backbones, backbone)))
+    with contextlib.suppress(PolicyError):
+        policy = ServingPolicy.load(folder)
+        if (policy.model_run_key, policy.data_fingerprint, policy.feature_backbones) == (manifest["run_key"], manifest.get("data_fingerprint"), names):
+            console.print(policy_table(policy))
+            return folder / "policy.json"
+    t0 = time.perf_counter()
+    for name in names:
+        train_backbone(name, split.dataset, split, paths)
+    req = EvalRequest(dataset=split.dataset.name, valid_users=profile.serving_validation_users)
+    users = sample_users(split, req.valid_users, req.seed + 1)
+    cache = engine_cache_dir(paths, split.dataset.name, manifest["run_key"]) / stage_cache_name(backbone, "valid", req.ms[0], len(users), req.seed, req.score_every_user)
+    records = stage_records(cache, None)
+    source = feature_source(paths, split, names)
+    fit = fit_policy(split, records, [record_inputs(source, split, r, backbone) for r in records], backbone, seed=req.seed, feature_backbones=names,
+                     model_run_key=manifest["run_key"], data_fingerprint=manifest.get("data_fingerprint"), machine=machine_description(), n_boot=req.bootstrap)
+    path = save_policy(fit, split, export_dir)
+    console.print(policy_table(fit.policy))
+    console.print(f"serving policy -> {path} ({time.perf_counter() - t0:.0f}s)")
+    return path
 
 
 def ensure_serving_validation(export_dir: Path, paths: Paths, split: Split, backbone: str, profile: TuneProfile) -> dict:

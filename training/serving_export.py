@@ -14,15 +14,19 @@ from training.data.types import Dataset
 from training.fsutil import atomic_folder
 
 
-def write_serving_tables(dataset: Dataset, folder: Path) -> Path:
-    """Writes `folder` all or nothing; an export of the same data is left as it is."""
+def write_serving_tables(dataset: Dataset, folder: Path, rows: np.ndarray | None = None, state: str = "all") -> Path:
+    """Writes `folder` all or nothing; an export of the same data is left as it is.
+
+    `rows` (indexes into the ratings, in the order to write) keeps only those ratings: the data set
+    as it was at some past moment, named by `state` (`make replay` serves the test-time state).
+    The fingerprint stays the data set's: it is the same data, seen earlier."""
     fingerprint = dataset_fingerprint(dataset)
     meta_file = folder / META
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
-        if meta.get("format_version") == FORMAT_VERSION and meta.get("fingerprint") == fingerprint:
+        if meta.get("format_version") == FORMAT_VERSION and meta.get("fingerprint") == fingerprint and meta.get("state", "all") == state:
             return folder
-    r = dataset.ratings
+    r = dataset.ratings if rows is None else dataset.ratings.subset(rows)
     with atomic_folder(folder) as staging:
         with (staging / ITEMS).open("w", encoding="utf-8") as fh:
             for it in dataset.items:
@@ -38,6 +42,7 @@ def write_serving_tables(dataset: Dataset, folder: Path) -> Path:
             "scale": asdict(dataset.scale),
             "counts": {"items": dataset.n_items, "users": dataset.n_users, "ratings": len(r)},
             "fingerprint": fingerprint,
+            "state": state,
         }
         (staging / META).write_text(json.dumps(meta, indent=2))
     return folder

@@ -51,6 +51,9 @@ class TuneProfile(BaseModel):
     # After export: validation users (0 = all) reranked through vLLM for the serving-task validation.
     # Not a tuning input, so not part of the run key.
     serving_validation_users: int = 0
+    # Then the serving policy is fitted on the same users (training.serving_policy) with the scores of
+    # these backbones beside the served one's (trained when missing). Not a tuning input either.
+    policy_backbones: tuple[str, ...] = ("mf", "lightgcn", "sasrec")
 
 
 PROFILES: dict[str, TuneProfile] = {
@@ -59,7 +62,8 @@ PROFILES: dict[str, TuneProfile] = {
     # One or more GPUs (bf16): the paper's scale of draws and full histories.
     "gpu": TuneProfile(name="gpu", n_draws=5000, max_liked=50, max_disliked=10, epochs=1.0, batch_size=32, learning_rate=5e-4, max_length=1024, save_steps=200),
     # For tests: a handful of steps.
-    "tiny": TuneProfile(name="tiny", n_draws=12, max_liked=5, max_disliked=2, max_steps=3, batch_size=4, valid_users_min=4, valid_share=0.01, save_steps=2, serving_validation_users=16),
+    "tiny": TuneProfile(name="tiny", n_draws=12, max_liked=5, max_disliked=2, max_steps=3, batch_size=4, valid_users_min=4, valid_share=0.01, save_steps=2, serving_validation_users=16,
+                          policy_backbones=("mf",)),  # MF (~20 s) beside the hint backbone, so the feature rankers have two backbones
 }
 
 

@@ -125,6 +125,16 @@ def gateway_rows() -> list[RowSpec]:
                     unit="reqps",
                 ),
                 PanelSpec(
+                    "Reranks by method and the serving policy",
+                    "What ranked each answer (the response's `fusion`), and the method the loaded serving policy serves by default "
+                    "(1 per gateway; docs/serving-policy.md). Answers below the policy's method are fallbacks.",
+                    [
+                        Query(f"sum by (method) (rate(recranker_reranks_by_method_total[{RATE}]))", "answered by {{method}}"),
+                        Query("sum by (method, backbone) (recranker_serving_policy)", "policy: {{method}} on {{backbone}}"),
+                    ],
+                    unit="short",
+                ),
+                PanelSpec(
                     "In-flight requests and events",
                     "Requests being answered now (all gateway replicas) and interactions posted to /events per second.",
                     [

@@ -40,17 +40,17 @@ from service.gateway.history import HistoryCache, ScoreCache
 from service.gateway.intake import EventIntake
 from service.gateway.logs import configure_logging, request_id_var
 from service.gateway.metrics import GatewayMetrics
+from service.gateway.policy_runtime import PolicyLoadError, PolicyRuntime, load_policy_runtime
 from service.gateway.rejections import Rejected, Unauthenticated, UnknownEntity
-from service.gateway.reranker import RerankService, load_learned_fusions
+from service.gateway.reranker import RerankService
 from service.gateway.retrieval import EmbeddedRetriever, RemoteRetriever, RetrievalError, Retriever
 from service.gateway.schemas import EventsRequest, EventsResponse, RerankRequest, RerankResponse, RetrieveRequest, RetrieveResponse
-from service.gateway.serving_tables import ServingTablesError
+from service.gateway.serving_tables import ServingTablesError, read_serving_tables
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import EventsLogError, InteractionStore
 from service.gateway.warmup import WarmUpResult, warm_up
 from service.llm.client import LLMSettings, VLLMClient
 from service.ranking.engine import EngineConfig, RankingEngine
-from service.ranking.fusion import FusionModelError
 from service.ranking.item_tokens import ItemTokensError, attach_token_table
 from service.ranking.prompts import PromptConfig
 
@@ -88,14 +88,31 @@ def prompt_config_of(model_dir: Path, dataset: str, max_liked: int | None = None
     return dataclasses.replace(config, **overrides)
 
 
+def check_model_data(model_dir: Path, dataset: str, fingerprint: str, tables_dir: Path) -> None:
+    """A model tuned on other data than the serving tables hold would rank another catalogue's
+    items: refuse to start, naming both and what to run."""
+    manifest = model_dir / "manifest.json"
+    tuned_on = json.loads(manifest.read_text()).get("data_fingerprint") if manifest.is_file() else None
+    if tuned_on and tuned_on != fingerprint:
+        raise StartupError(f"{model_dir} was tuned on data {tuned_on[:12]}, the serving tables {tables_dir} hold {dataset} {fingerprint[:12]}; "
+                           f"run `make serve DATASET=... DATA_PATH=...` for those data (it tunes a model on them), or set RECRANKER_MODEL_DIR")
+
+
 def build_components(settings: GatewaySettings) -> Components:
     if not (settings.backbone_dir / "item_vectors.npy").is_file() and settings.retrieval == "embedded":
         raise StartupError(f"{settings.backbone_dir}: no exported backbone; run `python -m training backbone --name {settings.backbone}` (or `make tune`)")
     try:
-        store = InteractionStore.from_folder(settings.serving_dir, settings.resolved_events_log)
-        learned = load_learned_fusions(settings.resolved_model_dir, settings.backbone)
-    except (ServingTablesError, EventsLogError, FusionModelError) as exc:
+        tables = read_serving_tables(settings.serving_dir)
+        check_model_data(settings.resolved_model_dir, tables.dataset, tables.fingerprint, settings.serving_dir)
+        store = InteractionStore.from_tables(tables, settings.resolved_events_log)
+        policy = load_policy_runtime(settings.resolved_policy_dir, settings.backbone_dir.parent, [u["user_id"] for u in tables.users],
+                                     [it["item_id"] for it in tables.items], tables.fingerprint)
+    except (ServingTablesError, EventsLogError, PolicyLoadError) as exc:
         raise StartupError(str(exc)) from None
+    if policy is not None and any(hasattr(sc, "encoder") for sc in policy.features.scorers.values()):
+        import torch
+
+        torch.set_num_threads(1)  # one user's ~50-token history: threads cost more than they give, and requests run side by side
     embedded = EmbeddedRetriever.from_artifacts(settings.backbone_dir, settings.serving_dir) if (settings.backbone_dir / "item_vectors.npy").is_file() else None
     if settings.retrieval == "remote":
         if not settings.retrieval_url:
@@ -117,7 +134,7 @@ def build_components(settings: GatewaySettings) -> Components:
     engine = RankingEngine(llm, EngineConfig(prompt=prompt_cfg))
     service = RerankService(
         settings=settings, store=store, histories=histories, scores=scores, retriever=retriever, engine=engine,
-        metrics=GatewayMetrics(), model_name=settings.llm_model, learned=learned,
+        metrics=GatewayMetrics(), model_name=settings.llm_model, policy=policy,
         admission=LLMAdmission(settings.llm_slots, settings.llm_max_waiting, quantile=settings.llm_admission_quantile),
     )
     events = EventBus(settings.redis_url, settings.cache_prefix, settings.dataset, store, histories) if isinstance(cache, RedisCache) else None
@@ -212,6 +229,20 @@ class RequestContext:
         await send({"type": "http.response.body", "body": body})
 
 
+def policy_summary(runtime: PolicyRuntime | None) -> dict:
+    """What /readyz and the start-up line say of the policy: its method and what it needs."""
+    if runtime is None:
+        return {"policy": None, "method": "hybrid", "needs_llm": True}
+    p = runtime.policy
+    return {"policy": f"{p.backbone}-m{p.m}", "method": p.method, "needs_llm": p.needs_llm, "tasks": list(p.tasks),
+            "feature_backbones": list(p.feature_backbones), "data_fingerprint": p.data_fingerprint}
+
+
+def set_policy_metric(metrics: GatewayMetrics, runtime: PolicyRuntime | None, settings: GatewaySettings) -> None:
+    method = runtime.policy.method if runtime is not None else "hybrid"
+    metrics.policy.labels(method, settings.backbone, settings.dataset, "policy" if runtime is not None else "none").set(1)
+
+
 async def _warm(components: Components) -> WarmUpResult:
     settings = components.settings
     result = await warm_up(components.service, settings.llm_warmup_users, settings.llm_timeout_s, settings.llm_warmup_timeout_s)
@@ -242,7 +273,8 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
         # the warm-up task (None when off): /readyz says `warming` until it is done
         warmer = app.state.llm_warm_up = asyncio.create_task(_warm(components)) if settings.llm_warmup_users else None
         log.info("gateway ready", extra={"dataset": settings.dataset, "backbone": settings.backbone, "cache": components.cache.name,
-                                          "llm": settings.llm_url, "retrieval": settings.retrieval, "learned_fusion_m": sorted(components.service.learned)})
+                                          "llm": settings.llm_url, "retrieval": settings.retrieval, **policy_summary(components.service.policy)})
+        set_policy_metric(app.state.metrics, components.service.policy, settings)
         try:
             yield
         finally:
@@ -327,11 +359,45 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
         warmer = request.app.state.llm_warm_up
         llm = "down" if not await c.llm.healthy() else ("ok" if warmer is None or warmer.done() else "warming")
         checks = {"cache": "ok" if await c.cache.ping() else "down", "llm": llm}
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
+        policy = policy_summary(c.service.policy)
+        # The LLM gates readiness only when the default request calls it; otherwise it serves the
+        # requests that ask for an LLM method, and its state is reported beside.
+        needs = ["cache", "llm"] if policy["needs_llm"] else ["cache"]
+        ready = all(checks[n] == "ok" for n in needs)
+        body = {"status": "ready" if ready else "not_ready", "checks": checks, "needs": needs, "dataset": settings.dataset, **policy}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition"}})
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.openapi = lambda: documented_limits(app, settings)
     return app
+
+
+def documented_limits(app: FastAPI, settings: GatewaySettings) -> dict:
+    """FastAPI's schema with the limits this gateway enforces from its settings written in, so a
+    client (or a schema-driven test) knows them without reading the code."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        props = schema["components"]["schemas"]["RerankRequest"]["properties"]
+        _bound(props["k"], maximum=settings.max_k)
+        _bound(props["m"], maximum=settings.max_candidates)
+        _bound(props["deadline_ms"], maximum=settings.max_deadline_ms)
+        _bound(props["candidates"], minItems=1, maxItems=settings.max_candidates, uniqueItems=True)
+        body = f"Bodies over {settings.max_body_bytes} bytes are refused with 413."
+        for path in schema["paths"].values():
+            for op in path.values():
+                if "requestBody" in op:
+                    op["description"] = f"{op['description']} {body}" if op.get("description") else body
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def _bound(prop: dict, **limits) -> None:
+    """Adds `limits` to a property, inside its non-null branch when it is optional (anyOf)."""
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") != "null":
+            branch.update(limits)

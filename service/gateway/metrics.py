@@ -25,4 +25,6 @@ class GatewayMetrics:
         self.llm_errors = Counter("recranker_llm_errors", "LLM tasks dropped, by task and kind (deadline, error, invalid)", ["task", "kind"], registry=r)
         self.llm_repaired = Counter("recranker_llm_repaired_answers", "LLM answers that needed repair, by task", ["task"], registry=r)
         self.inflight = Gauge("recranker_inflight_requests", "Requests being served", registry=r)
+        self.policy = Gauge("recranker_serving_policy", "The serving policy loaded (1): the method /rerank serves by default", ["method", "backbone", "dataset", "source"], registry=r)
+        self.methods = Counter("recranker_reranks_by_method", "Reranks answered, by the method that ranked them (the `fusion` of the response)", ["method"], registry=r)
         self.events = Counter("recranker_events", "Interaction events accepted by POST /events", registry=r)

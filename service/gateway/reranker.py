@@ -16,25 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.backbones.feature_source import LikedItem
 from service.gateway.admission import LLMAdmission, Overloaded
 from service.gateway.history import HistoryCache, ScoreCache, history_fingerprint
 from service.gateway.metrics import GatewayMetrics
+from service.gateway.policy_runtime import PolicyRuntime
 from service.gateway.rejections import AtCapacity, InvalidInput, Unavailable, UnknownEntity
 from service.gateway.retrieval import RetrievalError, Retriever
 from service.gateway.schemas import RerankRequest, RerankResponse, RerankResult
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import InteractionStore, UnknownItems
 from service.ranking.engine import RankingEngine, seed_for
-from service.ranking.features import CandidateContext, non_llm_features
-from service.ranking.fusion import Fused, LearnedFusion, feature_matrix, fuse, fusion_model_path
+from service.ranking.fusion import Fused, fuse, rank_by
+from service.ranking.policy import FEATURE_METHODS, LLM_METHODS
 from service.ranking.profile import build_profile
 from service.ranking.prompts import Candidate
 
@@ -44,33 +43,6 @@ log = logging.getLogger("recranker.rerank")
 # (The bench's overload p99 stayed 4-7 ms over the 5 s deadline with 5 ms and with 25 ms: there the
 # rest is the load generator's own lag on a saturated 2-core host, counted from scheduled starts.)
 FUSION_RESERVE_S = 0.025
-
-
-def non_llm_inputs(m: int, backbone: str, backbone_scores: Sequence[float] | None, ctx: CandidateContext) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The learned fusion's non-LLM inputs as the gateway can build them, (backbone scores, extra
-    features) for `fuse`: its own backbone's scores only, NaN where it cannot score the candidates."""
-    scores = np.full(m, np.nan) if backbone_scores is None else np.asarray(backbone_scores, dtype=float)
-    return scores, non_llm_features(replace(ctx, backbone_scores={backbone: scores}))
-
-
-def load_learned_fusions(model_dir: Path, backbone: str) -> dict[int, LearnedFusion]:
-    """{m: model} of the fusions with LLM features that `make eval` saved in <model_dir>/fusion
-    (`fusion_model_path`). A model fitted on features the gateway cannot build (other backbones'
-    scores) is skipped with a warning: requests for it then degrade to the hybrid. A file this
-    release cannot read raises `FusionModelError`, naming it."""
-    folder = model_dir / "fusion"
-    scores, extra = non_llm_inputs(1, backbone, [0.0], CandidateContext([], [()], [0]))
-    servable = feature_matrix(1, backbone_scores=scores, extra=extra).names
-    out = {}
-    for path in sorted(folder.glob(f"{backbone}-m*.lgb")):
-        match = re.fullmatch(rf"{re.escape(backbone)}-m(\d+)-.*\.lgb", path.name)
-        if match and path == fusion_model_path(folder, backbone, int(match.group(1))):
-            model = LearnedFusion.load(path)
-            if model.feature_names_ != servable:
-                log.warning("learned fusion %s was fitted on features %s, the gateway builds %s; not loaded", path, model.feature_names_, servable)
-                continue
-            out[int(match.group(1))] = model
-    return out
 
 
 def servable_cached_utility(value: object, m: int) -> np.ndarray | None:
@@ -111,7 +83,7 @@ class RerankService:
     engine: RankingEngine
     metrics: GatewayMetrics
     model_name: str
-    learned: dict[int, LearnedFusion] = field(default_factory=dict)
+    policy: PolicyRuntime | None = None  # None: an export without a policy; the hybrid is the default
     admission: LLMAdmission | None = None  # None: no admission control (every request waits)
 
     def _stage(self, trace: RequestTrace, stage: str, seconds: float) -> None:
@@ -121,18 +93,32 @@ class RerankService:
     async def rerank(self, req: RerankRequest, request_id: str) -> RerankResponse:
         """history -> candidates -> task scores (cache, then engine) -> fuse -> respond."""
         trace = RequestTrace()
-        k, budget_s, tasks = self._check(req)
+        k, budget_s, method, tasks = self._check(req)
         history = await self._history(req.user_id, trace)
-        item_ids, backbone_scores = await self._candidates(req, history, budget_s, trace)
+        item_ids = await self._candidates(req, history, budget_s, trace)
         catalog = [self.store.items[i] for i in item_ids]
         utilities, repaired = await self._task_utilities(req, tasks, history, catalog, budget_s, trace)
         t = time.perf_counter()
-        fused = self._fuse(req, utilities, history, catalog, backbone_scores, trace)
+        fused = self._fuse(req.user_id, method, utilities, history, catalog, trace)
         self._stage(trace, "fusion", time.perf_counter() - t)
         return self._respond(req, request_id, item_ids, fused, k, utilities, repaired, trace)
 
-    def _check(self, req: RerankRequest) -> tuple[int, float, list[str]]:
-        """The request against the limits and the catalogue: (k, budget in seconds, tasks)."""
+    def method_and_tasks(self, req: RerankRequest) -> tuple[str, list[str]]:
+        """What ranks this request and which LLM tasks it needs. Neither `fusion` nor `tasks` given:
+        the policy's method and only the tasks it reads (none for a non-LLM method); `tasks` alone:
+        the hybrid of those tasks ([] = the candidates' order), as before policies; `fusion` given:
+        that method, with `tasks` or, for an LLM method, the default tasks."""
+        if req.fusion is None:
+            if req.tasks is None and self.policy is not None:
+                return self.policy.policy.method, list(self.policy.policy.tasks)
+            method = "hybrid"
+        else:
+            method = req.fusion
+        default = self.settings.default_tasks if method in LLM_METHODS else ()
+        return method, list(dict.fromkeys(req.tasks if req.tasks is not None else default))
+
+    def _check(self, req: RerankRequest) -> tuple[int, float, str, list[str]]:
+        """The request against the limits and the catalogue: (k, budget in seconds, method, tasks)."""
         s = self.settings
         # Above the limits is an error, not a silent cap: the caller learns what it will get.
         if req.k is not None and req.k > s.max_k:
@@ -154,8 +140,8 @@ class RerankService:
                 raise InvalidInput("unknown_items", f"{len(exc.item_ids)} candidate ids are not in the catalogue", {"item_ids": exc.item_ids[:20]}) from None
         elif req.m is not None and req.m > s.max_candidates:
             raise InvalidInput("too_many_candidates", f"m={req.m}; at most {s.max_candidates}", {"max_candidates": s.max_candidates})
-        tasks = list(dict.fromkeys(req.tasks if req.tasks is not None else s.default_tasks))
-        return req.k or s.default_k, (req.deadline_ms or s.default_deadline_ms) / 1000, tasks
+        method, tasks = self.method_and_tasks(req)
+        return req.k or s.default_k, (req.deadline_ms or s.default_deadline_ms) / 1000, method, tasks
 
     async def _history(self, user_id: str, trace: RequestTrace) -> list:
         t = time.perf_counter()
@@ -167,8 +153,8 @@ class RerankService:
         self._stage(trace, "history", time.perf_counter() - t)
         return read.value
 
-    async def _candidates(self, req: RerankRequest, history, budget_s: float, trace: RequestTrace) -> tuple[list[str], list[float] | None]:
-        """The caller's candidates (scored by the backbone where it can), or the backbone's top-m."""
+    async def _candidates(self, req: RerankRequest, history, budget_s: float, trace: RequestTrace) -> list[str]:
+        """The caller's candidates, or the backbone's top-m."""
         t = time.perf_counter()
         if req.candidates is None:
             try:
@@ -179,31 +165,36 @@ class RerankService:
             except (RetrievalError, TimeoutError) as exc:
                 self._stage(trace, "retrieval", time.perf_counter() - t)
                 raise Unavailable("retrieval_unavailable", f"the retrieval backbone failed and no candidates were given: {exc}") from None
-            item_ids, backbone_scores = retrieved.item_ids, retrieved.scores
+            item_ids = retrieved.item_ids
         else:
             item_ids = list(req.candidates)
-            backbone_scores = await self.retriever.score(req.user_id, item_ids)
         self._stage(trace, "retrieval", time.perf_counter() - t)
         if not item_ids:
             raise InvalidInput("no_candidates", "the backbone returned no candidates for this user")
-        return item_ids, backbone_scores
+        return item_ids
 
-    def _learned_for(self, m: int) -> LearnedFusion | None:
-        """The fitted fusion of the nearest list length (the smaller one on a tie), if any."""
-        return self.learned[min(self.learned, key=lambda mm: (abs(mm - m), mm))] if self.learned else None
-
-    def _fuse(self, req: RerankRequest, utilities, history, catalog, backbone_scores, trace: RequestTrace) -> Fused:
-        """The requested fusion over the tasks that answered; the hybrid when no learned model is loaded."""
+    def _fuse(self, user_id: str, method: str, utilities, history, catalog, trace: RequestTrace) -> Fused:
+        """`method` over the tasks that answered. A method that reads the feature backbones needs the
+        policy's rankers; without them it degrades (`learned_fusion_unavailable`) to the hybrid.
+        `Fused.method` names what ranked: the method, or "backbone" when an LLM method got no task."""
         m = len(catalog)
-        model = self._learned_for(m) if req.fusion == "learned" else None
-        if req.fusion == "learned" and model is None:
+        runtime = self.policy
+        if method in FEATURE_METHODS and (runtime is None or (method != "rank_mean_no_llm" and method not in runtime.models)):
             trace.degrade("learned_fusion_unavailable")
-        if model is None:
+            method = "hybrid"
+        if method == "backbone" or (method == "hybrid" and not utilities):
+            return fuse(m, {})
+        if method == "hybrid":
             return fuse(m, utilities, weights=self.settings.hybrid_weights)
-        liked = [e.genres for e in history if e.rating >= self.store.liked_at_least]
-        ctx = CandidateContext(liked, [c.genres for c in catalog], [self.store.popularity.get(c.item_id, 0) for c in catalog])
-        scores, extra = non_llm_inputs(m, self.settings.backbone, backbone_scores, ctx)
-        return fuse(m, utilities, learned=model, backbone_scores=scores, extra=extra)
+        t = time.perf_counter()
+        liked = [LikedItem(e.item_id, e.genres) for e in history if e.rating >= self.store.liked_at_least and e.item_id is not None]
+        inputs = runtime.inputs(user_id, liked, [c.item_id for c in catalog], [c.genres for c in catalog])
+        self._stage(trace, "features", time.perf_counter() - t)
+        if method == "rank_mean_no_llm":
+            scores = inputs.rank_mean()
+            return Fused(scores=scores, order=rank_by(scores), method=method)
+        fused = fuse(m, utilities if method == "learned" else {}, learned=runtime.models[method], backbone_scores=inputs.backbone_scores, extra=inputs.extra)
+        return Fused(scores=fused.scores, order=fused.order, method=method)
 
     def _respond(self, req, request_id, item_ids, fused: Fused, k: int, utilities, repaired, trace: RequestTrace) -> RerankResponse:
         relevance = fused.relevance
@@ -214,6 +205,7 @@ class RerankService:
         ]
         for reason in trace.reasons:
             self.metrics.degraded.labels(reason).inc()
+        self.metrics.methods.labels(fused.method).inc()
         trace.timings["total"] = round(trace.elapsed() * 1000, 3)
         return RerankResponse(
             request_id=request_id, user_id=req.user_id, model=self.model_name, fusion=fused.method, results=results,

@@ -57,7 +57,8 @@ class EmbeddedRetriever:
         items.jsonl in the same (dense index) order."""
         user_ids = [json.loads(line)["user_id"] for line in (tables_dir / "users.jsonl").read_text().splitlines() if line]
         item_ids = [json.loads(line)["item_id"] for line in (tables_dir / "items.jsonl").read_text().splitlines() if line]
-        config = json.loads((backbone_dir / "config.json").read_text())
+        config_file = backbone_dir / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         return cls(config.get("backbone", backbone_dir.name), np.load(backbone_dir / "user_vectors.npy"), np.load(backbone_dir / "item_vectors.npy"), user_ids, item_ids)
 
     def _scores(self, user_id: str) -> np.ndarray:

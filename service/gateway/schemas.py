@@ -17,8 +17,9 @@ class RerankRequest(BaseModel):
     candidates: list[str] | None = Field(default=None, description="item ids in the caller's retrieval order; omitted: the backbone's top-m")
     m: int | None = Field(default=None, ge=1, description="how many candidates to retrieve when none are given")
     k: int | None = Field(default=None, ge=1, description="how many results to return")
-    tasks: list[TaskName] | None = Field(default=None, description="LLM tasks to fuse; [] = backbone order only")
-    fusion: Literal["hybrid", "learned"] = "hybrid"
+    tasks: list[TaskName] | None = Field(default=None, description="LLM tasks to fuse; [] = backbone order only. Given without `fusion`: the hybrid of these tasks")
+    fusion: Literal["backbone", "rank_mean_no_llm", "learned_no_llm", "hybrid", "learned"] | None = Field(
+        default=None, description="the ranking method; omitted (with `tasks` omitted too): the serving policy's, chosen on validation users (GET /readyz names it)")
     deadline_ms: int | None = Field(default=None, ge=1)
     use_cache: bool = Field(default=True, description="read cached task scores (histories are always read through the cache)")
 
@@ -35,7 +36,8 @@ class RerankResponse(BaseModel):
     request_id: str
     user_id: str
     model: str
-    fusion: str = Field(description="what ranked the results: hybrid, learned, or backbone (no task answered: the candidates' order)")
+    fusion: str = Field(description="what ranked the results: backbone, rank_mean_no_llm, learned_no_llm, hybrid or learned "
+                                    "(an LLM method with no task answered: backbone, the candidates' order)")
     results: list[RerankResult]
     tasks_used: list[str]
     degraded: bool

@@ -25,6 +25,10 @@ class GatewaySettings(BaseSettings):
     dataset: str = "ml-100k"
     backbone: str = "lightgcn"
     model_dir: Path | None = None  # default <artifacts>/<dataset>/model
+    # The serving policy (default <model>/policy/<backbone>): which ranking the default request gets.
+    # A folder without policy.json: the hybrid of the LLM tasks, as before policies.
+    policy_dir: Path | None = None
+    serving_tables_dir: Path | None = None  # default <artifacts>/<dataset>/serving (make replay points it at a past state)
 
     # Retrieval backbone: scored in process from its artefacts, or a remote HTTP service.
     retrieval: Literal["embedded", "remote"] = "embedded"
@@ -109,13 +113,17 @@ class GatewaySettings(BaseSettings):
         return self.model_dir or self.artifacts_dir / self.dataset / "model"
 
     @property
+    def resolved_policy_dir(self) -> Path:
+        return self.policy_dir or self.resolved_model_dir / "policy" / self.backbone
+
+    @property
     def resolved_events_log(self) -> Path:
         return self.events_log or self.cache_dir / "events" / f"{self.dataset}.jsonl"
 
     @property
     def serving_dir(self) -> Path:
         """The serving tables the pipeline exported (service.gateway.serving_tables)."""
-        return self.artifacts_dir / self.dataset / "serving"
+        return self.serving_tables_dir or self.artifacts_dir / self.dataset / "serving"
 
     @property
     def backbone_dir(self) -> Path:

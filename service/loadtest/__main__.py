@@ -91,23 +91,32 @@ async def gateway_scenarios(base: str, llm_base: str, users: list[str], all_user
         # it measured (the generator shares the machine's 2 cores with the gateway)
         fast = aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=200))
 
-        async def gateway_only(i: int) -> Outcome:
+        async def cheap(body: dict) -> Outcome:
             try:
-                async with fast.post("/rerank", json={"user_id": rng.choice(all_users), "tasks": [], "m": args.m, "k": 10}) as r:
+                async with fast.post("/rerank", json=body) as r:
                     if r.status != 200:
                         return Outcome(0.0, False)
                     data = await r.json()
             except aiohttp.ClientError:
                 return Outcome(0.0, False)
             server_ms.append(data["timings_ms"]["total"])
+            methods[data["fusion"]] = methods.get(data["fusion"], 0) + 1
             return Outcome(0.0, True, data["degraded"])
+
+        async def gateway_only(i: int) -> Outcome:  # no LLM task, no feature: retrieval and the candidates' order
+            return await cheap({"user_id": rng.choice(all_users), "tasks": [], "m": args.m, "k": 10})
+
+        async def default_path(i: int) -> Outcome:  # the default request: the serving policy's method
+            return await cheap({"user_id": rng.choice(all_users), "m": args.m, "k": 10})
+
+        methods: dict[str, int] = {}
 
         candidates: dict[str, list[str]] = {}
         reasons: dict[str, int] = {}
 
         async def hybrid(i: int) -> Outcome:
             user = users[i % len(users)]
-            body = {"user_id": user, "m": args.m, "k": args.m, "use_cache": False, "deadline_ms": 900_000}
+            body = {"user_id": user, "m": args.m, "k": args.m, "use_cache": False, "deadline_ms": 900_000, "fusion": "hybrid"}
             try:
                 r = await http.post("/rerank", json=body)
             except httpx.HTTPError:
@@ -129,6 +138,16 @@ async def gateway_scenarios(base: str, llm_base: str, users: list[str], all_user
         outcomes, wall = await open_loop(gateway_only, args.rate, args.duration)
         inside = np.percentile(server_ms, [50, 99]) if server_ms else [0.0, 0.0]
         scenarios = {"gateway_only": summarise(outcomes, wall, target_rps=args.rate, handler_p50_ms=round(float(inside[0]), 3), handler_p99_ms=round(float(inside[1]), 3)).as_dict()}
+        console.print(f"default_path: {args.rate} requests/s for {args.duration}s, the serving policy's method")
+        server_ms.clear()
+        methods.clear()
+        await closed_loop(default_path, 200, 20)
+        server_ms.clear()
+        methods.clear()
+        outcomes, wall = await open_loop(default_path, args.rate, args.duration)
+        inside = np.percentile(server_ms, [50, 99]) if server_ms else [0.0, 0.0]
+        scenarios["default_path"] = summarise(outcomes, wall, target_rps=args.rate, handler_p50_ms=round(float(inside[0]), 3), handler_p99_ms=round(float(inside[1]), 3),
+                                              methods=dict(methods)).as_dict()
         await fast.close()
         console.print(f"hybrid: {len(users)} users, {args.concurrency} in flight, m={args.m}")
         before = await read_counters(http, llm_base)
@@ -232,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_baseline": round(speedup, 2),
         "latency_ratio_p50": round(scenarios["baseline"]["p50_ms"] / scenarios["hybrid"]["p50_ms"], 2),
         "gateway_overhead_p99_ms": scenarios["gateway_only"]["p99_ms"],
+        # what the served default costs over retrieval alone, measured in the same run
+        "default_path_vs_gateway_only": {q: round(scenarios["default_path"][f"{q}_ms"] / scenarios["gateway_only"][f"{q}_ms"], 2) for q in ("p50", "p99")},
         "setup": {
             "prompt_history": {"max_liked": prompt_cfg.max_liked, "max_disliked": prompt_cfg.max_disliked},
             "item_tokens": prompt_cfg.item_tokens,

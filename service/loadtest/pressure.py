@@ -30,7 +30,7 @@ async def overload_scenario(http: httpx.AsyncClient, all_users: list[str], capac
 
     async def one(i: int) -> Outcome:
         try:
-            r = await http.post("/rerank", json={"user_id": rng.choice(all_users), "m": m, "k": m, "use_cache": False})
+            r = await http.post("/rerank", json={"user_id": rng.choice(all_users), "m": m, "k": m, "use_cache": False, "fusion": "hybrid"})
         except httpx.HTTPError:
             return Outcome(0.0, False)
         if r.status_code != 200:
@@ -64,7 +64,7 @@ async def soak_scenario(http: httpx.AsyncClient, all_users: list[str], items: li
                 if r.status_code == 200:
                     accepted.append((user, item, ts))
                 return Outcome(0.0, r.status_code == 200)
-            r = await http.post("/rerank", json={"user_id": rng.choice(all_users), "m": m, "k": m, "use_cache": False})
+            r = await http.post("/rerank", json={"user_id": rng.choice(all_users), "m": m, "k": m, "use_cache": False, "fusion": "hybrid"})
         except httpx.HTTPError:
             return Outcome(0.0, False)
         return Outcome(0.0, r.status_code == 200, r.status_code == 200 and r.json()["degraded"])

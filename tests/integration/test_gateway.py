@@ -35,6 +35,9 @@ def settings_for(tiny_artifacts, llm_url: str, **overrides) -> GatewaySettings:
         default_deadline_ms=120_000,  # a CPU vLLM under test load is slow; deadlines are tested on their own
         default_k=5,
         llm_warmup_users=0,  # the warm-up has its own test; here every LLM call is a request's
+        # These tests drive the LLM path through the default request: without a serving policy the
+        # default is the hybrid of the three tasks (test_gateway_policy.py serves the tiny run's policy).
+        policy_dir=tiny_artifacts / "no-policy",
     )
     values.update(overrides)
     return GatewaySettings(_env_file=None, **values)

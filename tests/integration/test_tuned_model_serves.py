@@ -59,7 +59,9 @@ def test_eval_reports_every_method_paired_with_the_backbone_and_updates_the_qual
     quality = json.loads((tmp_path / "quality-ml-100k.json").read_text())
     assert quality["default"] == default_variant() and quality["users"] == {"test": 24, "valid": 24}
     assert {r["variant"] for r in quality["rows"]} == {"honest_hints"}
-    assert (tiny_export / "fusion").is_dir()
+    policy = json.loads((tiny_export / "policy" / "pop" / "policy.json").read_text())
+    assert set(policy["validation"]) >= {"backbone", "rank_mean_no_llm"} and policy["method"] in policy["validation"]
+    assert report["policy"]["method"] == policy["method"]
 
 
 def test_second_run_reuses_the_export(tiny_export, tiny_artifacts):

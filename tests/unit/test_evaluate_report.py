@@ -71,36 +71,53 @@ def stage_scores_for(split, seed=0):
     return {name: rng.normal(0, 1, (split.n_users, split.n_items)) for name in ("mf", "lightgcn")}
 
 
+def fit_on(split, records, scores, seed=0):
+    from tests.fusion_parity import matrix_inputs
+    from training.serving_policy import fit_policy
+
+    popularity = np.ones(split.n_items)
+    inputs = [matrix_inputs(split, r, popularity, scores) for r in records]
+    return fit_policy(split, records, inputs, "lightgcn", seed=seed, feature_backbones=tuple(scores), model_run_key=None, data_fingerprint=None, n_boot=100)
+
+
 def test_learned_keeps_the_llm_features_only_when_cross_validation_shows_they_help(fusion_split):
-    from training.evaluate import fit_fusions
-
     rng = np.random.default_rng(0)
-    popularity = np.ones(fusion_split.n_items)
     scores = stage_scores_for(fusion_split)
-    _, helps = fit_fusions(fusion_split, fusion_records(fusion_split, rng, llm_signal=3.0), popularity, scores, seed=0)
-    assert helps["learned"]["uses_llm_features"] is True
-    _, noise = fit_fusions(fusion_split, fusion_records(fusion_split, rng, llm_signal=0.0), popularity, scores, seed=0)
-    assert noise["learned"]["uses_llm_features"] is False
+    helps = fit_on(fusion_split, fusion_records(fusion_split, rng, llm_signal=3.0), scores)
+    assert helps.cv["learned"]["uses_llm_features"] is True
+    assert helps.policy.method in ("hybrid", "learned") and helps.policy.tasks  # the LLM earned its place on validation
+    noise = fit_on(fusion_split, fusion_records(fusion_split, rng, llm_signal=0.0), scores)
+    assert noise.cv["learned"]["uses_llm_features"] is False
+    assert noise.policy.method in ("backbone", "rank_mean_no_llm", "learned_no_llm") and noise.policy.tasks == ()  # noise: no LLM call
 
 
-def test_eval_builds_the_gateways_features_when_it_has_only_the_serving_backbone(fusion_split):
-    from service.gateway.reranker import non_llm_inputs
-    from service.ranking.features import CandidateContext
-    from service.ranking.fusion import feature_matrix
-    from training.evaluate import features_of
+def test_eval_reads_the_history_the_gateway_serves_at_test_time(fusion_split, tmp_path):
+    """`make eval`'s inputs for a test record are the gateway's for that user on the test-time tables
+    (`make replay`'s state): the same liked items in the same order into the same builder."""
+    from service.backbones.feature_source import FeatureSource, LikedItem
+    from service.backbones.scorers import EmbeddingScorer
+    from service.gateway.store import InteractionStore
+    from training.data.split import rows_as_of
+    from training.serving_export import write_serving_tables
+    from training.serving_policy import record_inputs
 
-    rec = fusion_records(fusion_split, np.random.default_rng(1), 1.0, n=1)[0]
-    popularity = np.arange(fusion_split.n_items, dtype=float)
-    scores = {"lightgcn": np.random.default_rng(2).normal(0, 1, (fusion_split.n_users, fusion_split.n_items))}
-    rec.backbone_scores = list(scores["lightgcn"][rec.user, rec.items])  # as run_engine records them
-    ds = fusion_split.dataset
-    ours = features_of(fusion_split, rec, popularity, scores, with_llm=True)
-    ctx = CandidateContext([ds.items[i].genres for i in fusion_split.history(rec.user, "valid")], [ds.items[i].genres for i in rec.items], popularity[rec.items])
-    util = {t: np.asarray(v) for t, v in rec.utilities.items()}
-    backbone_scores, extra = non_llm_inputs(rec.m, "lightgcn", list(scores["lightgcn"][rec.user, rec.items]), ctx)
-    gateway = feature_matrix(rec.m, util, backbone_scores=backbone_scores, extra=extra)
-    assert ours.names == gateway.names
-    np.testing.assert_allclose(np.nan_to_num(ours.values, nan=-9), np.nan_to_num(gateway.values, nan=-9))
+    split, ds = fusion_split, fusion_split.dataset
+    rng = np.random.default_rng(4)
+    scorer = EmbeddingScorer("lightgcn", rng.normal(size=(ds.n_users, 3)).astype(np.float32), rng.normal(size=(ds.n_items, 3)).astype(np.float32),
+                             {u.user_id: i for i, u in enumerate(ds.users)}, {it.item_id: i for i, it in enumerate(ds.items)})
+    source = FeatureSource({"lightgcn": scorer}, {it.item_id: float(i) for i, it in enumerate(ds.items)})
+    store = InteractionStore.from_folder(write_serving_tables(ds, tmp_path / "t", rows_as_of(ds, "test"), state="test"))
+    for u in split.evaluated_users()[:20]:
+        rec = Record(user=int(u), stage="test", m=5, items=[int(i) for i in rng.choice(ds.n_items, 5, replace=False)], target=int(split.test_item[u]),
+                     utilities={}, invalid={}, dropped={}, seconds=0.0)
+        user_id = ds.users[u].user_id
+        liked = [LikedItem(e.item_id, e.genres) for e in store.history(user_id) if e.rating >= store.liked_at_least]
+        cands = [ds.items[i] for i in rec.items]
+        served = source.inputs("lightgcn", user_id, liked, [c.item_id for c in cands], [c.genres for c in cands])
+        offline = record_inputs(source, split, rec, "lightgcn")
+        assert served.extra.keys() == offline.extra.keys()
+        for name in served.extra:
+            np.testing.assert_array_equal(served.extra[name], offline.extra[name])
 
 
 def test_orders_without_other_backbones_leave_out_the_rank_mean():
@@ -108,7 +125,7 @@ def test_orders_without_other_backbones_leave_out_the_rank_mean():
 
     rec = record([10, 11, 12], target=12)
     rec.utilities = {"pointwise": [0.0, 1.0, 2.0]}
-    orders = method_orders(rec, {})
+    orders = method_orders(rec)
     assert orders["backbone"] == [0, 1, 2] and orders["pointwise"] == [2, 1, 0]
     assert "rank_mean_no_llm" not in orders
     assert orders["pairwise"] == [0, 1, 2]  # a task that did not run keeps the backbone's order
@@ -157,5 +174,5 @@ def test_users_whose_item_is_not_a_candidate_are_not_sent_to_the_llm_and_every_n
     assert asked_all == 60 and asked_hits == 30
     assert [r.scored for r in hits] == [i % 2 == 0 for i in range(60)]
     for a, b in zip(every, hits):
-        for method, order in method_orders(a, {}).items():
-            assert target_rank(order, a) == target_rank(method_orders(b, {})[method], b)
+        for method, order in method_orders(a).items():
+            assert target_rank(order, a) == target_rank(method_orders(b)[method], b)

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from service.ranking.fusion import LearnedFusion, fuse, fusion_model_path
-from tests.fusion_parity import M, inputs
+from tests.fusion_parity import M, inputs, matrix_inputs
 from training import evaluate as ev
+from training import serving_policy as sp
 from training.fusion_selection import select_hybrid_weights
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -31,14 +32,19 @@ def before() -> dict:
 @pytest.fixture(scope="module")
 def now(before):
     split, valid, test, popularity, scores = inputs()
-    fitted, cv = ev.fit_fusions(split, valid, popularity, scores["valid"], before["seed"])
+    x_valid = [matrix_inputs(split, r, popularity, scores["valid"]) for r in valid]
+    fit = sp.fit_policy(split, valid, x_valid, "lightgcn", seed=before["seed"], feature_backbones=tuple(scores["valid"]), model_run_key=None, data_fingerprint=None)
+    fitted, cv = fit.models, fit.cv
     tuned = select_hybrid_weights([(r.m, ev.utilities_of(r), ev.relevant_index(r)) for r in valid], k=3)
     orders: dict[str, list[list[int]]] = {}
     for rec in test:
-        per_method = ev.method_orders(rec, scores["test"]) | ev.fitted_orders(split, rec, popularity, scores["test"], fitted, cv["learned"]["uses_llm_features"], tuned)
+        x = matrix_inputs(split, rec, popularity, scores["test"])
+        per_method = ev.method_orders(rec) | {m: sp.method_order(m, rec, x, fitted) for m in ("rank_mean_no_llm", "learned_no_llm", "learned")}
+        per_method["hybrid_tuned"] = fuse(rec.m, ev.utilities_of(rec), weights=tuned).order
         for method, order in per_method.items():
             orders.setdefault(method, []).append(order)
-    valid_ranks = {method: [ev.target_rank(ev.method_orders(r, scores["valid"])[method], r) for r in valid] for method in ev.UNFITTED}
+    valid_ranks = {method: [ev.target_rank((ev.method_orders(r) | {"rank_mean_no_llm": sp.method_order("rank_mean_no_llm", r, x, fitted)})[method], r)
+                            for r, x in zip(valid, x_valid, strict=True)] for method in ev.UNFITTED}
     ranks = {method: [ev.target_rank(o, r) for o, r in zip(per_user, test, strict=True)] for method, per_user in orders.items()}
     return {"split": split, "test": test, "popularity": popularity, "scores": scores, "fitted": fitted, "cv": cv, "tuned": tuned,
             "orders": orders, "ranks": ranks, "valid_ranks": valid_ranks}
@@ -75,8 +81,8 @@ def test_the_fused_scores_are_the_ones_before(before, now):
         util = ev.utilities_of(rec)
         if hybrid is not None:
             assert fuse(M, util).scores.tolist() == hybrid  # bit for bit
-        backbone_scores, extra = ev.non_llm_inputs(split, rec, popularity, scores)
-        got = fuse(M, util, learned=now["fitted"]["learned"], backbone_scores=backbone_scores, extra=extra).scores
+        x = matrix_inputs(split, rec, popularity, scores)
+        got = fuse(M, util, learned=now["fitted"]["learned"], backbone_scores=x.backbone_scores, extra=x.extra).scores
         np.testing.assert_allclose(got, learned, rtol=1e-12)
 
 

@@ -243,31 +243,6 @@ def test_the_llm_client_retries_once_when_a_pooled_connection_was_closed_under_i
         run(ask(2))  # a server that keeps failing is not retried forever
 
 
-def test_the_gateway_loads_the_fusions_that_make_eval_saves_and_only_those_with_llm_features(tmp_path):
-    import numpy as np
-
-    from service.gateway.reranker import load_learned_fusions, non_llm_inputs
-    from service.ranking.features import CandidateContext
-    from service.ranking.fusion import feature_matrix, fusion_model_path
-    from training.fusion_selection import LearnedFusionConfig, UserGroup, fit_learned_fusion
-
-    rng = np.random.default_rng(0)
-    ctx = CandidateContext([("Drama",)], [("Drama",)] * 5, [1, 2, 3, 4, 5])
-    groups = []
-    for _ in range(30):
-        scores, extra = non_llm_inputs(5, "lightgcn", rng.normal(size=5).tolist(), ctx)
-        features = feature_matrix(5, {"pointwise": rng.uniform(1, 5, 5)}, backbone_scores=scores, extra=extra)
-        groups.append(UserGroup.with_relevant(features, int(rng.integers(5))))
-    folder = tmp_path / "fusion"
-    folder.mkdir()
-    fusion = fit_learned_fusion(groups, LearnedFusionConfig(n_estimators=3, guard=False))
-    for backbone, m, name in (("lightgcn", 10, "learned"), ("lightgcn", 20, "learned"), ("lightgcn", 10, "learned_no_llm"), ("sasrec", 10, "learned")):
-        fusion.save(fusion_model_path(folder, backbone, m, name))
-    loaded = load_learned_fusions(tmp_path, "lightgcn")
-    assert sorted(loaded) == [10, 20]
-    assert loaded[10].feature_names_ == fusion.feature_names_
-
-
 def test_popularity_counts_likes_as_the_fusion_was_fitted_on_and_events_add_only_likes(tmp_path):
     dataset = synthetic_dataset(n_users=6, n_items=10, per_user=3)
     store = store_of(dataset, tmp_path)

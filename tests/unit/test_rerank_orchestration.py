@@ -8,20 +8,23 @@ import asyncio
 import numpy as np
 import pytest
 
+from service.backbones.feature_source import FeatureSource, LikedItem
+from service.backbones.scorers import EmbeddingScorer
 from service.gateway.admission import LLMAdmission
 from service.gateway.cache import MemoryCache
 from service.gateway.errors import status_of
 from service.gateway.history import HistoryCache, ScoreCache, history_fingerprint
 from service.gateway.metrics import GatewayMetrics
+from service.gateway.policy_runtime import PolicyRuntime
 from service.gateway.rejections import InvalidInput, Rejected, UnknownEntity
-from service.gateway.reranker import RerankService, non_llm_inputs
+from service.gateway.reranker import RerankService
 from service.gateway.retrieval import EmbeddedRetriever
 from service.gateway.schemas import RerankRequest
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import InteractionStore
 from service.ranking.engine import EngineConfig, RankingEngine
-from service.ranking.features import CandidateContext
 from service.ranking.fusion import LearnedFusion, feature_matrix, fuse
+from service.ranking.policy import ServingPolicy
 from tests.conftest import synthetic_dataset
 from tests.fake_llm import healthy_logprobs
 from training.serving_export import write_serving_tables
@@ -65,13 +68,13 @@ def parts(tmp_path):
     return store, retriever
 
 
-def service_with(parts, llm, learned: dict[int, LearnedFusion] | None = None, **settings) -> RerankService:
+def service_with(parts, llm, policy: PolicyRuntime | None = None, **settings) -> RerankService:
     store, retriever = parts
     cfg = GatewaySettings(_env_file=None, dataset="synthetic", default_deadline_ms=2000, **settings)
     cache = MemoryCache()
     return RerankService(settings=cfg, store=store, histories=HistoryCache(cache, store, "t", "synthetic", 60), scores=ScoreCache(cache, "t", "synthetic", 60),
                          retriever=retriever, engine=RankingEngine(llm, EngineConfig()), metrics=GatewayMetrics(), model_name="m",
-                         learned=learned or {}, admission=LLMAdmission(cfg.llm_slots, cfg.llm_max_waiting, initial_seconds=0.05))
+                         policy=policy, admission=LLMAdmission(cfg.llm_slots, cfg.llm_max_waiting, initial_seconds=0.05))
 
 
 class RecordingFusion(LearnedFusion):
@@ -86,9 +89,21 @@ class RecordingFusion(LearnedFusion):
         return features.column("backbone_rank").copy()  # the backbone's last first
 
 
-def servable_names() -> tuple[str, ...]:
-    scores, extra = non_llm_inputs(1, GatewaySettings(_env_file=None).backbone, [0.0], CandidateContext([], [()], [0]))
-    return feature_matrix(1, backbone_scores=scores, extra=extra).names
+def feature_source(parts) -> FeatureSource:
+    """The retrieval backbone's vectors as the policy's one feature backbone ("lightgcn")."""
+    _, r = parts
+    return FeatureSource({"lightgcn": EmbeddingScorer("lightgcn", r._users, r._items, r._user_index, r._item_index)}, {"0": 5.0, "1": 1.0})
+
+
+def policy_with(parts, method: str, **models: LearnedFusion) -> PolicyRuntime:
+    policy = ServingPolicy(method=method, backbone="lightgcn", m=10, dataset="synthetic", data_fingerprint=None, feature_backbones=("lightgcn",),
+                           fitted_models={name: f"{name}.lgb" for name in models})
+    return PolicyRuntime(policy, feature_source(parts), dict(models))
+
+
+def servable_names(parts) -> tuple[str, ...]:
+    x = feature_source(parts).inputs("lightgcn", "1", [LikedItem("3", ("Drama",))], ["0"], [()])
+    return feature_matrix(1, backbone_scores=x.backbone_scores, extra=x.extra).names
 
 
 def rerank(service: RerankService, **body):
@@ -148,11 +163,13 @@ def test_with_every_task_dropped_the_backbone_order_is_served_with_graded_releva
 def test_learned_fusion_without_a_fitted_model_falls_back_to_the_hybrid_and_says_so(parts):
     out = rerank(service_with(parts, ScriptedLLM()), fusion="learned")
     assert out.fusion == "hybrid" and out.degraded_reasons == ["learned_fusion_unavailable"]
+    out = rerank(service_with(parts, ScriptedLLM(), policy=policy_with(parts, "backbone")), fusion="learned_no_llm")
+    assert out.fusion == "backbone" and out.degraded_reasons == ["learned_fusion_unavailable"]  # no task asked: the hybrid of none
 
 
 def test_a_loaded_learned_fusion_ranks_the_answer_from_the_task_scores_and_the_non_llm_features(parts):
-    model = RecordingFusion(servable_names())
-    out = rerank(service_with(parts, ScriptedLLM(), learned={10: model}), fusion="learned")
+    model = RecordingFusion(servable_names(parts))
+    out = rerank(service_with(parts, ScriptedLLM(), policy=policy_with(parts, "backbone", learned=model)), fusion="learned")
     assert out.fusion == "learned" and not out.degraded
     assert [r.index for r in out.results] == [5, 4, 3, 2, 1, 0]
     [features] = model.seen
@@ -163,8 +180,8 @@ def test_a_loaded_learned_fusion_ranks_the_answer_from_the_task_scores_and_the_n
 
 
 def test_a_learned_fusion_whose_fit_fell_back_serves_its_fallback_without_degrading(parts):
-    model = LearnedFusion(booster=None, feature_names=servable_names(), fallback="backbone")
-    out = rerank(service_with(parts, ScriptedLLM(), learned={10: model}), fusion="learned")
+    model = LearnedFusion(booster=None, feature_names=servable_names(parts), fallback="backbone")
+    out = rerank(service_with(parts, ScriptedLLM(), policy=policy_with(parts, "backbone", learned=model)), fusion="learned")
     assert out.fusion == "learned" and not out.degraded
     assert [r.index for r in out.results] == list(range(6))
 
@@ -207,3 +224,57 @@ def test_a_cached_score_is_keyed_by_the_history_so_an_event_retires_it(parts):
     assert history_fingerprint(store.history("1")) != before
     rerank(service, **same_list)
     assert llm.asked == ["listwise"]  # asked again: the old score was not served for the new history
+
+
+def test_the_default_request_serves_the_policys_method_and_a_non_llm_policy_calls_no_llm(parts):
+    llm = ScriptedLLM()
+    model = RecordingFusion(servable_names(parts))
+    service = service_with(parts, llm, policy=policy_with(parts, "learned_no_llm", learned_no_llm=model))
+    out = rerank(service)
+    assert out.fusion == "learned_no_llm" and not out.degraded and out.tasks_used == []
+    assert llm.asked == []  # the policy reads no LLM task, so none was asked
+    assert [r.index for r in out.results] == [5, 4, 3, 2, 1, 0]  # the model's order, not the hybrid's
+    [features] = model.seen
+    assert np.isnan(features.column("pointwise")).all() and np.isfinite(features.column("lightgcn_score")).all()
+
+
+def test_an_explicit_method_overrides_the_policy_and_tasks_alone_ask_for_the_hybrid(parts):
+    llm = ScriptedLLM()
+    service = service_with(parts, llm, policy=policy_with(parts, "backbone"))
+    assert rerank(service).fusion == "backbone" and llm.asked == []
+    out = rerank(service, fusion="hybrid")
+    assert out.fusion == "hybrid" and sorted(set(llm.asked)) == ["listwise", "pairwise", "pointwise"]
+    llm.asked.clear()
+    out = rerank(service, tasks=["listwise"], use_cache=False)
+    assert out.fusion == "hybrid" and set(llm.asked) == {"listwise"}
+    assert rerank(service, fusion="rank_mean_no_llm").fusion == "rank_mean_no_llm"
+
+
+def test_the_rank_mean_serves_the_feature_backbones_mean_rank(parts):
+    service = service_with(parts, ScriptedLLM(), policy=policy_with(parts, "rank_mean_no_llm"))
+    _, retriever = parts
+    out = rerank(service, candidates=["0", "1", "2", "3"], k=4)
+    scores = asyncio.run(retriever.score("1", ["0", "1", "2", "3"]))
+    assert [r.item_id for r in out.results] == [str(i) for i in np.argsort(-np.asarray(scores), kind="stable")]
+
+
+def test_the_features_read_the_live_history_so_an_event_moves_the_sequence_features(parts):
+    """Liked items only, in time order, with an event appended counted at once."""
+    store, _ = parts
+    seen = []
+
+    class Recording(FeatureSource):
+        def inputs(self, list_backbone, user_id, liked, candidate_ids, candidate_genres):
+            seen.append([e.item_id for e in liked])
+            return super().inputs(list_backbone, user_id, liked, candidate_ids, candidate_genres)
+
+    src = feature_source(parts)
+    runtime = policy_with(parts, "rank_mean_no_llm")
+    runtime = PolicyRuntime(runtime.policy, Recording(src.scorers, src.popularity), {})
+    service = service_with(parts, ScriptedLLM(), policy=runtime)
+    rerank(service)
+    liked = [e.item_id for e in store.history("1") if e.rating >= store.liked_at_least]
+    assert seen[-1] == liked
+    store.append("1", "29", 5.0, 10**10)
+    rerank(service)
+    assert seen[-1] == [*liked, "29"]

@@ -86,3 +86,26 @@ def test_changing_held_out_interactions_changes_nothing_built_from_training(ml10
     a.fit(split, progress=False)
     b.fit(other, progress=False)
     assert np.array_equal(a.item_vectors(), b.item_vectors())
+
+
+def test_the_test_time_state_served_by_replay_holds_exactly_the_history_evaluation_reads(tmp_path):
+    """Served from tables of `rows_as_of(..., 'test')`, each user's liked items in time order are
+    `split.history(u, 'test')`: the training likes and then the validation item, never the test item."""
+    from service.gateway.store import InteractionStore
+    from tests.conftest import synthetic_dataset
+    from training.data.split import rows_as_of
+    from training.serving_export import write_serving_tables
+
+    dataset = synthetic_dataset(n_users=30, n_items=25, per_user=9, seed=3)
+    split = leave_one_out(dataset)
+    store = InteractionStore.from_folder(write_serving_tables(dataset, tmp_path / "t", rows_as_of(dataset, "test"), state="test"))
+    evaluated = set(split.evaluated_users().tolist())
+    assert evaluated
+    for u, user in enumerate(dataset.users):
+        liked = [e.item_id for e in store.history(user.user_id) if e.rating >= store.liked_at_least]
+        expected = [dataset.items[i].item_id for i in split.history(u, "test")]
+        if u in evaluated:
+            assert liked == expected
+            assert dataset.items[split.test_item[u]].item_id not in {e.item_id for e in store.history(user.user_id)}
+        else:
+            assert liked == expected  # not held out: every like, as training saw them

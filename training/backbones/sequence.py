@@ -1,4 +1,5 @@
-"""Pieces the sequential backbones share: history -> token batches, training windows, the encoder.
+"""Pieces the sequential backbones share: history -> token batches, training windows; the encoder
+itself is `service.backbones.sequence_encoder`'s (the gateway scores with the same module).
 
 Token convention: 0 is padding and item i is token i + 1, so the item table's row 0 never scores.
 Histories are left-padded and keep their most recent `max_len` tokens, so the newest item always sits
@@ -12,12 +13,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from service.backbones.sequence_encoder import PAD, SequenceEncoder, attention_mask, to_tokens  # noqa: F401  (re-exported: one network for training and serving)
 from training.backbones.base import Backbone, BackboneConfig
 from training.data.split import Split
-
-PAD = 0
 
 
 class SequenceConfig(BackboneConfig):
@@ -38,21 +37,6 @@ class SequenceConfig(BackboneConfig):
     # since the output layer, not the encoder, is most of a step's work on a large catalogue.
     full_softmax_items: int = 2048
     negatives: int = 512
-
-
-def to_tokens(histories: Sequence[np.ndarray], max_len: int, suffix: int | None = None) -> np.ndarray:
-    """(len(histories), max_len) int64: item + 1, left-padded with PAD, most recent items kept.
-
-    `suffix` is a token appended after every history (BERT4Rec's [MASK]) before truncation."""
-    out = np.zeros((len(histories), max_len), dtype=np.int64)
-    for row, items in enumerate(histories):
-        tokens = np.asarray(items, dtype=np.int64) + 1
-        if suffix is not None:
-            tokens = np.append(tokens, suffix)
-        tokens = tokens[-max_len:]
-        if len(tokens):
-            out[row, max_len - len(tokens) :] = tokens
-    return out
 
 
 def left_pad(rows: Sequence[np.ndarray], max_len: int) -> np.ndarray:
@@ -93,52 +77,6 @@ def minibatches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[n
     order = rng.permutation(n)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
-
-
-def attention_mask(tokens: torch.Tensor, heads: int, causal: bool) -> torch.Tensor:
-    """(batch * heads, L, L) bool, True where a query may NOT look at a key.
-
-    Padding keys are hidden, except that every position may see itself: a padding query (or the
-    first real item under a causal mask) would otherwise have no key at all and produce NaNs."""
-    length = tokens.shape[1]
-    blocked = (tokens == PAD)[:, None, :].expand(-1, length, -1)
-    if causal:
-        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=tokens.device), diagonal=1)
-        blocked = blocked | future
-    blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=tokens.device)
-    return blocked.repeat_interleave(heads, dim=0)
-
-
-class SequenceEncoder(nn.Module):
-    """Item + positional embeddings followed by a pre-norm transformer encoder stack."""
-
-    def __init__(self, n_tokens: int, cfg: SequenceConfig, causal: bool):
-        super().__init__()
-        self.heads, self.causal = cfg.heads, causal
-        self.item_emb = nn.Embedding(n_tokens, cfg.dim, padding_idx=PAD)
-        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
-        self.emb_norm = nn.LayerNorm(cfg.dim)
-        self.emb_drop = nn.Dropout(cfg.dropout)
-        layer = nn.TransformerEncoderLayer(
-            cfg.dim, cfg.heads, dim_feedforward=4 * cfg.dim, dropout=cfg.dropout, activation="gelu", batch_first=True, norm_first=True
-        )
-        # Pre-norm blocks leave the residual stream unnormalised, hence the final LayerNorm.
-        self.blocks = nn.TransformerEncoder(layer, cfg.layers, norm=nn.LayerNorm(cfg.dim), enable_nested_tensor=False)
-        # Small init as in SASRec/BERT4Rec reference code: the item table doubles as the output layer.
-        nn.init.normal_(self.item_emb.weight, std=0.02)
-        nn.init.normal_(self.pos_emb.weight, std=0.02)
-        with torch.no_grad():
-            self.item_emb.weight[PAD].zero_()
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, L) tokens -> (B, L, dim) states."""
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.emb_drop(self.emb_norm(self.item_emb(tokens) + self.pos_emb(positions)))
-        return self.blocks(x, mask=attention_mask(tokens, self.heads, self.causal))
-
-    def item_table(self, n_items: int) -> torch.Tensor:
-        """Rows of the real items (tokens 1..n_items), the output embeddings."""
-        return self.item_emb.weight[1 : n_items + 1]
 
 
 def sampled_softmax_loss(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, n_negatives: int) -> torch.Tensor:

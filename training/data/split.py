@@ -113,6 +113,23 @@ def leave_one_out(dataset: Dataset) -> Split:
     return Split(dataset=dataset, train_items=train_items, train_ratings=train_ratings, valid_item=valid, test_item=test)
 
 
+def rows_as_of(dataset: Dataset, stage: str) -> np.ndarray:
+    """Indexes of the ratings a user had made when `stage` ('valid' or 'test') began, in time order
+    (ties by row): every event before the held-out item of that stage, so at test time the training
+    part and the validation item. Users that are not evaluated keep every event (they are trained on,
+    never held out). The serving tables of this state are what `make replay` serves."""
+    r = dataset.ratings
+    order = np.lexsort((np.arange(len(r)), r.timestamp, r.user))
+    users, ratings = r.user[order], r.rating[order]
+    bounds = np.searchsorted(users, np.arange(dataset.n_users + 1))
+    keep = []
+    for u in range(dataset.n_users):
+        liked_pos = np.flatnonzero(ratings[bounds[u] : bounds[u + 1]] >= dataset.scale.liked_at_least)
+        cut = bounds[u + 1] if len(liked_pos) < 3 else bounds[u] + liked_pos[-1 if stage == "test" else -2]
+        keep.append(order[bounds[u] : cut])
+    return np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
+
+
 def require_held_out_users(split: Split, source: Path | str) -> Split:
     """A split with no evaluated user has nothing to validate or test on: stop before any training."""
     if len(split.evaluated_users()) == 0:

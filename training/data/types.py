@@ -72,6 +72,10 @@ class Ratings:
     def __len__(self) -> int:
         return int(self.user.shape[0])
 
+    def subset(self, rows: np.ndarray) -> Ratings:
+        """The ratings at `rows` (indexes), in that order."""
+        return Ratings(self.user[rows], self.item[rows], self.rating[rows], self.timestamp[rows])
+
 
 @dataclass
 class Dataset:
