@@ -100,6 +100,11 @@ def update_quality_report(folder: Path, dataset: str, manifest: dict, reports: d
         "learned_uses_llm": {b: {k: cv.get("uses_llm_features") for k, cv in r["cv"].items() if k.startswith("learned_m")} for b, r in reports.items()},
         "users": any_report["users"],
         "serving_validation": manifest.get("serving_validation"),
+        # what /rerank serves by default for each backbone's lists (chosen on validation users)
+        "policy": {b: {"method": r["policy"]["method"], "reasons": r["policy"]["reasons"],
+                       "validation": {k: {"NDCG@3": v["NDCG@3"], **{x: v["vs_backbone"][x] for x in ("diff", "ci_low", "ci_high", "p_value")}}
+                                      for k, v in r["policy"]["validation"].items()}}
+                   for b, r in reports.items() if r.get("policy")},
     }
     quality["default"] = default_variant()
     quality["users"] = any_report["users"]
@@ -145,9 +150,32 @@ def pairs_markdown(pairs: dict) -> list[str]:
     return [*lines, ""]
 
 
+def served_markdown(q: dict) -> list[str]:
+    """What /rerank serves by default (the default variant's serving policy) and how it does on the
+    test users, beside the hybrid."""
+    policy = q["variants"].get(q["default"], {}).get("policy") or {}
+    if not policy:
+        return []
+    lines = ["## Served by default: the serving policy (chosen on validation users; docs/serving-policy.md)", "",
+             "| backbone | served method | validation NDCG@3 vs backbone [95% CI] | test NDCG@3 | test vs backbone [95% CI] | p | hybrid test vs backbone [95% CI] |",
+             "|---|---|---|---:|---|---:|---|"]
+    for b, pol in sorted(policy.items()):
+        rows = {r["method"]: r for r in q["rows"] if r["variant"] == q["default"] and r["backbone"] == b and r["m"] == 10}
+        served = rows.get(pol["method"])
+        v = pol["validation"].get(pol["method"], {})
+        hybrid = rows.get("hybrid")
+        if not served:
+            continue
+        lines.append(f"| {b} | {pol['method']} | {v.get('diff', 0.0):+.4f} [{v.get('ci_low', 0.0):+.4f}, {v.get('ci_high', 0.0):+.4f}] | {served['NDCG@3']:.4f} | "
+                     f"{served['diff_vs_backbone']:+.4f} [{served['ci_low']:+.4f}, {served['ci_high']:+.4f}] | {served['p_value']:.3f} | "
+                     + (f"{hybrid['diff_vs_backbone']:+.4f} [{hybrid['ci_low']:+.4f}, {hybrid['ci_high']:+.4f}] |" if hybrid else "- |"))
+    return [*lines, ""]
+
+
 def quality_markdown(q: dict) -> str:
     lines = [f"# Reranking quality on {q['dataset']}: variants side by side", "",
              f"Test users: {q['users']['test']}, validation users: {q['users']['valid']}. Default variant (`make tune`): `{q['default']}`.", ""]
+    lines += served_markdown(q)
     lines += ["## Validation NDCG@3 (chooses the variant; test users choose nothing)", "", "| variant | tuned on | backbone | m | backbone | hybrid | pointwise | pairwise | listwise |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, v in sorted(q["variants"].items()):
         for b, per_m in v["validation_ndcg3"].items():

@@ -70,15 +70,16 @@ class ReplayRequest:
     reports_dir: Path = Path("reports")
     seed: int = 2024
     policy_dir: Path | None = None  # default <model>/policy/<backbone>, as the gateway's
+    stage: str = "test"  # "valid": the validation-time state and lists (where the LLM's prompts match make eval's exactly)
 
 
-def offline_records(split: Split, users: np.ndarray, tops: dict, m: int, cached: Path | None) -> list[Record]:
+def offline_records(split: Split, users: np.ndarray, tops: dict, m: int, cached: Path | None, stage: str = "test") -> list[Record]:
     """The test stage's records as `make eval` has them: its engine cache when there is one (LLM
     answers included), else the candidates alone (enough for every method without the LLM)."""
     if cached is not None and cached.is_file():
         return [Record(**json.loads(line)) for line in cached.read_text().splitlines()]
-    targets = split.target("test")
-    return [Record(user=int(u), stage="test", m=m, items=[int(i) for i in tops["test"][u][:m]], target=int(targets[u]), utilities={}, invalid={},
+    targets = split.target(stage)
+    return [Record(user=int(u), stage=stage, m=m, items=[int(i) for i in tops[stage][u][:m]], target=int(targets[u]), utilities={}, invalid={},
                    dropped={}, seconds=0.0, scored=False) for u in users]
 
 
@@ -181,20 +182,21 @@ def run_replay(req: ReplayRequest, paths: Paths) -> Path:
     policy = ServingPolicy.load(folder)
     models = {name: LearnedFusion.load(folder / file) for name, file in policy.fitted_models.items()}
     source = feature_source(paths, split, policy.feature_backbones)
-    tables = write_serving_tables(dataset, paths.artifacts / dataset.name / "replay" / "test-serving", rows_as_of(dataset, "test"), state="test")
+    stage = req.stage
+    tables = write_serving_tables(dataset, paths.artifacts / dataset.name / "replay" / f"{stage}-serving", rows_as_of(dataset, stage), state=stage)
     tops = candidate_lists(paths.backbone_dir(dataset.name, req.backbone), dataset)
     ev = EvalRequest()
-    users = sample_users(split, req.users, ev.seed)
-    cache = engine_cache_dir(paths, dataset.name, manifest["run_key"]) / stage_cache_name(req.backbone, "test", req.m, len(users), ev.seed, ev.score_every_user)
-    console.print(f"replay: {len(users)} test users of {dataset.name}, {req.backbone} top-{req.m}; policy {policy.method}; tables {tables}")
+    users = sample_users(split, req.users, ev.seed if stage == "test" else ev.seed + 1)  # make eval's users of that stage
+    cache = engine_cache_dir(paths, dataset.name, manifest["run_key"]) / stage_cache_name(req.backbone, stage, req.m, len(users), ev.seed, ev.score_every_user)
+    console.print(f"replay: {len(users)} {stage} users of {dataset.name}, {req.backbone} top-{req.m}; policy {policy.method}; tables {tables}")
     results = []
     for run in req.runs:
         method = policy.method if run == "policy" else run
         needs_llm = method in ("hybrid", "learned")
-        records = offline_records(split, users, tops, req.m, cache if needs_llm else None)
+        records = offline_records(split, users, tops, req.m, cache if needs_llm else None, stage)
         if needs_llm:
             if not cache.is_file():
-                console.print(f"[yellow]replay {run}: no test-stage LLM outputs in {cache}; run `make eval` first[/yellow]")
+                console.print(f"[yellow]replay {run}: no {stage}-stage LLM outputs in {cache}; run `make eval` first[/yellow]")
                 continue
             records = [r for r in records if r.scored]  # the users make eval asked the LLM about
         offline = [offline_order(method, r, split, source, req.backbone, models) for r in records]
@@ -207,12 +209,14 @@ def run_replay(req: ReplayRequest, paths: Paths) -> Path:
                                                           free_port(), log) as url:
             answers = asyncio.run(send_all(url, bodies, req.concurrency))
         row = measure(run, records, answers, offline, split, report_row(req.reports_dir, dataset.name, req.backbone, method, req.m))
-        row |= {"requested": run, "policy_method": policy.method, "seconds": round(time.perf_counter() - started, 1), "machine": machine_description(),
+        row |= {"requested": run, "stage": stage, "policy_method": policy.method, "seconds": round(time.perf_counter() - started, 1), "machine": machine_description(),
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "backbone": req.backbone, "m": req.m}
         console.print(json.dumps({k: row[k] for k in ("run", "method", "users", "served", "offline", "same_order_share", "max_abs_ndcg_diff")}))
         results.append(row)
     req.reports_dir.mkdir(parents=True, exist_ok=True)
     out = req.reports_dir / f"replay-{dataset.name}.json"
+    kept = [r for r in json.loads(out.read_text()) if r.get("stage", "test") != stage] if out.is_file() else []  # the other stage's runs stay
+    results = results + kept if stage == "test" else kept + results
     out.write_text(json.dumps(results, indent=1))
     console.print(f"-> {out}")
     return out
@@ -226,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", nargs="+", default=["policy", "hybrid"], help="policy (the default request) and/or explicit fusions")
     p.add_argument("--users", type=int, default=0, help="sample this many evaluated users (0: all)")
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--stage", choices=["test", "valid"], default="test", help="whose state and lists: the test users' (default) or the validation users'")
     args = p.parse_args(argv)
     paths = Paths.from_env()
     run_replay(ReplayRequest(dataset=args.dataset, data_path=args.data_path, backbone=args.backbone, runs=tuple(args.runs), users=args.users,
-                             concurrency=args.concurrency), paths)
+                             concurrency=args.concurrency, stage=args.stage), paths)
     return 0
 
 

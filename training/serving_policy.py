@@ -115,6 +115,7 @@ def fit_policy(split: Split, valid: list[Record], inputs: list[FeatureInputs], b
     models: dict[str, LearnedFusion] = {}
     cv: dict[str, dict] = {}
     held_out: dict[str, np.ndarray] = {}
+    guarded: dict[str, np.ndarray] = {}
     has_llm = any(r.utilities for r in valid)
     for name, with_llm in (("learned_no_llm", False), ("learned", True)):
         if with_llm and not has_llm:
@@ -122,7 +123,12 @@ def fit_policy(split: Split, valid: list[Record], inputs: list[FeatureInputs], b
         groups = [UserGroup.with_relevant(features_of(r, x, with_llm), relevant_index(r)) for r, x in zip(valid, inputs, strict=True)]
         report, per_user = cross_validate(groups, config, folds=5, k=3)
         models[name] = fit_learned_fusion(groups, config)
-        held_out[name] = per_user["guarded"]
+        # What is served when the fitted model keeps its trees is the trees, so their held-out
+        # NDCG ("learned": each fold's trees fitted without its users) is what the rule compares;
+        # the same per-user numbers the model's own guard tested. ("guarded" estimates a procedure
+        # that sometimes serves the fallback instead, which is not what is served here.)
+        held_out[name] = per_user["learned"]
+        guarded[name] = per_user["guarded"]
         cv[name] = asdict(report) | {"fallback": models[name].fallback_}
     rel = [relevant_index(r) for r in valid]
     per_user = {m: np.asarray([_ndcg3(method_order(m, r, x, models), i) for r, x, i in zip(valid, inputs, rel, strict=True)])
@@ -133,8 +139,8 @@ def fit_policy(split: Split, valid: list[Record], inputs: list[FeatureInputs], b
             notes.append(f"{name}: its guard fell back to {model.fallback_}, not a candidate")
         else:
             per_user[name] = held_out[name]
-    if "learned" in cv:  # `make eval`'s `learned` row reads this whatever the model's own guard chose
-        keeps = clearly_better(held_out["learned"], held_out["learned_no_llm"])
+    if "learned" in cv:  # `make eval`'s `learned` row reads this whatever the model's own guard chose (as it always has)
+        keeps = clearly_better(guarded["learned"], guarded["learned_no_llm"])
         cv["learned"]["uses_llm_features"] = keeps
         if "learned" in per_user and not keeps:
             notes.append("learned: its LLM features are not clearly better than learned_no_llm's, not a candidate")

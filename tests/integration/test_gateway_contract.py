@@ -73,3 +73,17 @@ def test_with_api_keys_set_the_schema_and_the_docs_need_a_key_too(gateway_artifa
             assert c.get(path).status_code == 401, path
             assert c.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200, path
         assert "/rerank" in c.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()["paths"]
+
+
+def test_the_schema_states_the_limits_this_gateways_settings_enforce(gateway_artifacts, tmp_path):
+    settings = settings_for(gateway_artifacts, tmp_path, max_k=7, max_candidates=12, max_deadline_ms=4321, max_body_bytes=2048)
+    with TestClient(create_app(settings)) as c:
+        spec = c.get("/openapi.json").json()
+        props = spec["components"]["schemas"]["RerankRequest"]["properties"]
+        bounded = {name: next(b for b in props[name]["anyOf"] if b.get("type") != "null") for name in ("k", "m", "deadline_ms", "candidates")}
+        assert (bounded["k"]["maximum"], bounded["m"]["maximum"], bounded["deadline_ms"]["maximum"]) == (7, 12, 4321)
+        assert (bounded["candidates"]["maxItems"], bounded["candidates"]["uniqueItems"], bounded["candidates"]["minItems"]) == (12, True, 1)
+        assert "over 2048 bytes are refused with 413" in spec["paths"]["/events"]["post"]["description"]
+        # and what the schema says is what is enforced
+        assert c.post("/rerank", json={"user_id": "1", "k": 8}).status_code == 422
+        assert c.post("/rerank", json={"user_id": "1", "deadline_ms": 4322}).status_code == 422
