@@ -40,7 +40,7 @@ from service.gateway.serving_tables import ServingTablesError
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import InteractionStore
 from service.llm.client import LLMSettings, VLLMClient
-from service.llm.hardware import cpu_has_fast_bf16
+from service.llm.hardware import cpu_has_fast_bf16, machine_description
 from service.llm.vllm_server import VLLMServer, free_port
 from service.loadtest.baseline import baseline_rank
 from service.loadtest.llm_counters import read_counters
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             "m": args.m, "users": args.users, "concurrency": args.concurrency, "rate": args.rate, "duration_s": args.duration,
             "model": str(settings.resolved_model_dir), "backbone": settings.backbone, "dataset": settings.dataset,
             # bf16 instructions change the ratio: they make prefill cheap, so per-request costs weigh more
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {'bf16' if cpu_has_fast_bf16() else 'no bf16 (float32)'}", "python": platform.python_version(),
+            "machine": f"{machine_description()}; {'bf16' if cpu_has_fast_bf16() else 'no bf16 (float32)'}", "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         },
     }

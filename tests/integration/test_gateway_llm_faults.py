@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import uuid
 
 import pytest
@@ -151,12 +150,11 @@ def test_a_task_is_dropped_only_above_the_allowed_share_of_invalid_answers_and_a
     assert rerank(client, user_id="60", m=10, k=10, tasks=["pointwise"])["cache"]["result"] == "miss"
 
 
+@pytest.mark.timeout(60)  # a hang fails here; how long a deadline takes is the admission tests' (virtual time)
 def test_an_llm_that_never_answers_is_dropped_at_the_deadline_and_not_cached(gateway, llm):
     client, settings = gateway
     llm.reset("hang")
-    started = time.perf_counter()
     body = rerank(client, user_id="70", m=6, k=6, deadline_ms=500)
-    assert time.perf_counter() - started < 5
     assert body["degraded"] is True and body["degraded_reasons"] == ["llm_deadline"]
     assert [r["index"] for r in body["results"]] == list(range(6))
     assert score_keys(settings) == []
