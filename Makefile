@@ -119,3 +119,4 @@ clean:
 
 lint: $(PY)
 	$(PY) -m ruff check service training tests deploy
+	$(VENV)/bin/lint-imports

@@ -68,6 +68,7 @@ class Components:
     llm: VLLMClient
     service: RerankService
     events: EventBus | None = None  # None with the in-process cache (a single gateway)
+    data_fingerprint: str | None = None  # of the serving tables: the data served
 
 
 class StartupError(RuntimeError):
@@ -88,11 +89,18 @@ def prompt_config_of(model_dir: Path, dataset: str, max_liked: int | None = None
     return dataclasses.replace(config, **overrides)
 
 
+def model_manifest(model_dir: Path) -> dict:
+    manifest = model_dir / "manifest.json"
+    try:
+        return json.loads(manifest.read_text()) if manifest.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"{manifest}: unreadable model manifest ({exc}); rerun `make tune`") from None
+
+
 def check_model_data(model_dir: Path, dataset: str, fingerprint: str, tables_dir: Path) -> None:
     """A model tuned on other data than the serving tables hold would rank another catalogue's
     items: refuse to start, naming both and what to run."""
-    manifest = model_dir / "manifest.json"
-    tuned_on = json.loads(manifest.read_text()).get("data_fingerprint") if manifest.is_file() else None
+    tuned_on = model_manifest(model_dir).get("data_fingerprint")
     if tuned_on and tuned_on != fingerprint:
         raise StartupError(f"{model_dir} was tuned on data {tuned_on[:12]}, the serving tables {tables_dir} hold {dataset} {fingerprint[:12]}; "
                            f"run `make serve DATASET=... DATA_PATH=...` for those data (it tunes a model on them), or set RECRANKER_MODEL_DIR")
@@ -134,11 +142,12 @@ def build_components(settings: GatewaySettings) -> Components:
     engine = RankingEngine(llm, EngineConfig(prompt=prompt_cfg))
     service = RerankService(
         settings=settings, store=store, histories=histories, scores=scores, retriever=retriever, engine=engine,
-        metrics=GatewayMetrics(), model_name=settings.llm_model, policy=policy,
+        # the model's run key names it in answers and cache keys (a retuned model's scores are new)
+        metrics=GatewayMetrics(), model_name=model_manifest(model_dir).get("run_key") or settings.llm_model, policy=policy,
         admission=LLMAdmission(settings.llm_slots, settings.llm_max_waiting, quantile=settings.llm_admission_quantile),
     )
     events = EventBus(settings.redis_url, settings.cache_prefix, settings.dataset, store, histories) if isinstance(cache, RedisCache) else None
-    return Components(settings, store, cache, histories, retriever, embedded, llm, service, events)
+    return Components(settings, store, cache, histories, retriever, embedded, llm, service, events, tables.fingerprint)
 
 
 class RequestContext:
@@ -272,7 +281,8 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
             follower = asyncio.create_task(components.events.follow())
         # the warm-up task (None when off): /readyz says `warming` until it is done
         warmer = app.state.llm_warm_up = asyncio.create_task(_warm(components)) if settings.llm_warmup_users else None
-        log.info("gateway ready", extra={"dataset": settings.dataset, "backbone": settings.backbone, "cache": components.cache.name,
+        log.info("gateway ready", extra={"dataset": settings.dataset, "data_fingerprint": components.data_fingerprint, "model": components.service.model_name,
+                                          "backbone": settings.backbone, "cache": components.cache.name,
                                           "llm": settings.llm_url, "retrieval": settings.retrieval, **policy_summary(components.service.policy)})
         set_policy_metric(app.state.metrics, components.service.policy, settings)
         try:
@@ -364,7 +374,8 @@ def create_app(settings: GatewaySettings | None = None, components: Components |
         # requests that ask for an LLM method, and its state is reported beside.
         needs = ["cache", "llm"] if policy["needs_llm"] else ["cache"]
         ready = all(checks[n] == "ok" for n in needs)
-        body = {"status": "ready" if ready else "not_ready", "checks": checks, "needs": needs, "dataset": settings.dataset, **policy}
+        body = {"status": "ready" if ready else "not_ready", "checks": checks, "needs": needs, "dataset": settings.dataset,
+                "served_data_fingerprint": c.data_fingerprint, "model": c.service.model_name, **policy}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition"}})

@@ -4,6 +4,7 @@ LLM fails (degrade, answer 200) and how it answers bad input (4xx with a machine
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -69,14 +70,14 @@ def metric_value(client: TestClient, name: str, **labels) -> float:
 
 
 def test_rerank_round_trip_ranks_the_backbone_candidates_with_all_three_tasks(live):
-    client, _ = live
+    client, settings = live
     resp = client.post("/rerank", json={"user_id": USER, "k": 5, "m": 10}, headers={"X-Request-ID": "round-trip-1"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert resp.headers["x-request-id"] == "round-trip-1" and body["request_id"] == "round-trip-1"
     assert body["degraded"] is False and body["degraded_reasons"] == []
     assert body["tasks_used"] == ["listwise", "pairwise", "pointwise"]
-    assert body["model"] == "recranker"
+    assert body["model"] == json.loads((settings.resolved_model_dir / "manifest.json").read_text())["run_key"]  # the tuned model's run key
     results = body["results"]
     assert len(results) == 5
     assert len({r["index"] for r in results}) == 5 and all(0 <= r["index"] < 10 for r in results)
