@@ -78,7 +78,7 @@ ablate: $(PY)
 # first builds what is missing (data, backbone, tuned model) with `make tune`. Ctrl-C stops all of it.
 serve: $(PY)
 	@if [ -z "$$RECRANKER_MODEL_DIR" ] && [ ! -f artifacts/$(DATASET)/model/manifest.json ]; then \
-	  echo "serve: no tuned model in artifacts/$(DATASET)/model yet; building it first with make tune (about 31 min on 2 cores of an AVX512-BF16 EPYC, up to 55 on slower CPUs; progress below)"; \
+	  echo "serve: no tuned model in artifacts/$(DATASET)/model yet; building it first with make tune (about 36 min on 2 cores of an AVX512-BF16 EPYC, the serving policy included; longer on slower CPUs; progress below)"; \
 	  $(MAKE) --no-print-directory tune; fi
 	@if [ ! -f artifacts/$(DATASET)/serving/meta.json ]; then $(MAKE) --no-print-directory data; fi
 	$(SERVE_ENV) $(PY) -m service.gateway.stack

@@ -15,7 +15,7 @@ import redis
 import uvicorn
 from rich.console import Console
 
-from service.gateway.app import create_app
+from service.gateway.app import StartupError, build_components, create_app
 from service.gateway.settings import GatewaySettings
 from service.llm.hardware import default_cpu_dtype
 from service.llm.vllm_server import VLLMServer, VLLMServerError
@@ -56,14 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     server = VLLMServer(model_dir, port=args.llm_port, dtype=args.dtype or default_cpu_dtype(), prefix_caching=not args.no_prefix_caching,
                         cache_dir=settings.cache_dir / "vllm", log_file=logs / "vllm.log")
+    updates["llm_url"] = server.base_url
+    gateway = settings.model_copy(update=updates)
+    try:  # every artefact checked before vLLM spends a minute starting: a mismatch is one line, exit 2
+        components = build_components(gateway)
+    except StartupError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
     console.print(f"starting vLLM on {server.base_url} with {model_dir} (log: {logs / 'vllm.log'}) ...")
     signal.signal(signal.SIGTERM, _interrupt)  # docker stop ends the stack like Ctrl-C does
     try:
         with server:
-            updates["llm_url"] = server.base_url
-            gateway = settings.model_copy(update=updates)
             console.print(f"gateway on http://{gateway.host}:{gateway.port}  (POST /rerank, /metrics, /readyz); Ctrl-C stops everything")
-            uvicorn.run(create_app(gateway), host=gateway.host, port=gateway.port, log_config=None, access_log=False)
+            uvicorn.run(create_app(gateway, components), host=gateway.host, port=gateway.port, log_config=None, access_log=False)
     except VLLMServerError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
