@@ -33,8 +33,6 @@ class Retriever(Protocol):
 
     async def top_m(self, user_id: str, m: int, exclude: Collection[str]) -> Retrieved: ...
 
-    async def score(self, user_id: str, item_ids: Sequence[str]) -> list[float] | None: ...
-
     async def aclose(self) -> None: ...
 
 
@@ -78,10 +76,6 @@ class EmbeddedRetriever:
         top = top[np.lexsort((top, -scores[top]))]  # score desc, index asc: deterministic ties
         return Retrieved([self._item_ids[i] for i in top.tolist()], [float(scores[i]) for i in top.tolist()])
 
-    async def score(self, user_id: str, item_ids: Sequence[str]) -> list[float] | None:
-        scores = self._scores(user_id)
-        return [float(scores[self._item_index[i]]) if i in self._item_index else float("nan") for i in item_ids]
-
     async def aclose(self) -> None:
         return None
 
@@ -105,9 +99,6 @@ class RemoteRetriever:
             return Retrieved([str(x["item_id"]) for x in items], [float(x["score"]) for x in items])
         except (ValueError, KeyError, TypeError) as exc:
             raise RetrievalError(f"malformed reply: {resp.text[:200]}") from exc
-
-    async def score(self, user_id: str, item_ids: Sequence[str]) -> list[float] | None:
-        return None  # the protocol has no scoring call; caller-supplied order stands
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -252,9 +252,8 @@ def test_an_explicit_method_overrides_the_policy_and_tasks_alone_ask_for_the_hyb
 
 def test_the_rank_mean_serves_the_feature_backbones_mean_rank(parts):
     service = service_with(parts, ScriptedLLM(), policy=policy_with(parts, "rank_mean_no_llm"))
-    _, retriever = parts
     out = rerank(service, candidates=["0", "1", "2", "3"], k=4)
-    scores = asyncio.run(retriever.score("1", ["0", "1", "2", "3"]))
+    scores = feature_source(parts).scorers["lightgcn"].scores("1", [], ["0", "1", "2", "3"])
     assert [r.item_id for r in out.results] == [str(i) for i in np.argsort(-np.asarray(scores), kind="stable")]
 
 
