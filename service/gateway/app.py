@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.backbones.scorers import SequenceScorer
 from service.gateway.admission import LLMAdmission
 from service.gateway.cache import KeyValueCache, RedisCache, cache_from_url
 from service.gateway.errors import (
@@ -97,10 +98,10 @@ def model_manifest(model_dir: Path) -> dict:
         raise StartupError(f"{manifest}: unreadable model manifest ({exc}); rerun `make tune`") from None
 
 
-def check_model_data(model_dir: Path, dataset: str, fingerprint: str, tables_dir: Path) -> None:
+def check_model_data(model_dir: Path, manifest: dict, dataset: str, fingerprint: str, tables_dir: Path) -> None:
     """A model tuned on other data than the serving tables hold would rank another catalogue's
     items: refuse to start, naming both and what to run."""
-    tuned_on = model_manifest(model_dir).get("data_fingerprint")
+    tuned_on = manifest.get("data_fingerprint")
     if tuned_on and tuned_on != fingerprint:
         raise StartupError(f"{model_dir} was tuned on data {tuned_on[:12]}, the serving tables {tables_dir} hold {dataset} {fingerprint[:12]}; "
                            f"run `make serve DATASET=... DATA_PATH=...` for those data (it tunes a model on them), or set RECRANKER_MODEL_DIR")
@@ -111,13 +112,14 @@ def build_components(settings: GatewaySettings) -> Components:
         raise StartupError(f"{settings.backbone_dir}: no exported backbone; run `python -m training backbone --name {settings.backbone}` (or `make tune`)")
     try:
         tables = read_serving_tables(settings.serving_dir)
-        check_model_data(settings.resolved_model_dir, tables.dataset, tables.fingerprint, settings.serving_dir)
+        manifest = model_manifest(settings.resolved_model_dir)
+        check_model_data(settings.resolved_model_dir, manifest, tables.dataset, tables.fingerprint, settings.serving_dir)
         store = InteractionStore.from_tables(tables, settings.resolved_events_log)
         policy = load_policy_runtime(settings.resolved_policy_dir, settings.backbone_dir.parent, [u["user_id"] for u in tables.users],
                                      [it["item_id"] for it in tables.items], tables.fingerprint)
     except (ServingTablesError, EventsLogError, PolicyLoadError) as exc:
         raise StartupError(str(exc)) from None
-    if policy is not None and any(hasattr(sc, "encoder") for sc in policy.features.scorers.values()):
+    if policy is not None and any(isinstance(sc, SequenceScorer) for sc in policy.features.scorers.values()):
         import torch
 
         torch.set_num_threads(1)  # one user's ~50-token history: threads cost more than they give, and requests run side by side
@@ -143,7 +145,7 @@ def build_components(settings: GatewaySettings) -> Components:
     service = RerankService(
         settings=settings, store=store, histories=histories, scores=scores, retriever=retriever, engine=engine,
         # the model's run key names it in answers and cache keys (a retuned model's scores are new)
-        metrics=GatewayMetrics(), model_name=model_manifest(model_dir).get("run_key") or settings.llm_model, policy=policy,
+        metrics=GatewayMetrics(), model_name=manifest.get("run_key") or settings.llm_model, policy=policy,
         admission=LLMAdmission(settings.llm_slots, settings.llm_max_waiting, quantile=settings.llm_admission_quantile),
     )
     events = EventBus(settings.redis_url, settings.cache_prefix, settings.dataset, store, histories) if isinstance(cache, RedisCache) else None
@@ -244,7 +246,7 @@ def policy_summary(runtime: PolicyRuntime | None) -> dict:
         return {"policy": None, "method": "hybrid", "needs_llm": True}
     p = runtime.policy
     return {"policy": f"{p.backbone}-m{p.m}", "method": p.method, "needs_llm": p.needs_llm, "tasks": list(p.tasks),
-            "feature_backbones": list(p.feature_backbones), "data_fingerprint": p.data_fingerprint}
+            "feature_backbones": list(p.feature_backbones)}
 
 
 def set_policy_metric(metrics: GatewayMetrics, runtime: PolicyRuntime | None, settings: GatewaySettings) -> None:
