@@ -7,15 +7,18 @@ DATASET ?= ml-100k
 # Original files of DATASET (ml-1m, bookcrossing, atomic: a folder); empty = the embedded ML-100K.
 DATA_PATH ?=
 DATA_ARGS = --dataset $(DATASET) $(if $(DATA_PATH),--data-path $(DATA_PATH))
+# The name the artefacts are kept under: DATASET, except that an atomic set is named after its .inter file.
+DATASET_NAME = $(if $(filter atomic,$(DATASET)),$(basename $(notdir $(firstword $(wildcard $(DATA_PATH)/*.inter)))),$(DATASET))
+ARTIFACTS = $(or $(RECRANKER_ARTIFACTS_DIR),artifacts)
 # The one place DATASET reaches the gateway's settings (make serve, bench, replay).
-SERVE_ENV = RECRANKER_DATASET=$(DATASET)
+SERVE_ENV = RECRANKER_DATASET=$(DATASET_NAME)
 BACKBONES ?= pop mf lightgcn sgl sasrec bert4rec cl4srec
 PYTEST_ARGS ?=
 PROFILE ?= cpu
 HINT_BACKBONE ?= lightgcn
 SAMPLING ?= adaptive
 
-.PHONY: install data backbones bench-scaling tune ablate eval variants serve replay bench deploy-check dashboards test test-all lint clean
+.PHONY: install data backbones bench-scaling tune ablate lm-signals learning-curve eval variants serve replay bench deploy-check dashboards test test-all lint clean
 
 $(PY):
 	python3.11 -m venv $(VENV)
@@ -68,6 +71,21 @@ VARIANTS ?= honest_hints paper_hints honest_hints_no_pointwise_hint
 variants: $(PY)
 	$(PY) -m training variants --dataset $(DATASET) --profile $(PROFILE) --backbone $(HINT_BACKBONE) --variants $(VARIANTS)
 
+# Does a language-model signal earn a place in the learned ranker? LM item-text embeddings (SmolLM2-135M,
+# Gemma-3-270M) as similarity features, a text-regularised EASE and an LM-initialised SASRec, each
+# against a control that keeps its shape (permuted embeddings), on the validation users, then the test
+# users once -> reports/lm-signals-$(DATASET).{json,md,png}. About 25 min on 2 AVX2 cores.
+LM_MODELS ?= smollm2-135m gemma-3-270m
+lm-signals: $(PY)
+	$(PY) -m training.lm_signals $(DATA_ARGS) --models $(LM_MODELS)
+
+# The tuned model's learning curve: `make tune`'s recipe at 0.5x, 1x, 2x, 4x the instruction examples, each
+# validated as make tune does -> reports/learning-curve-$(DATASET).{json,md,png} (written after every size).
+# Hours on 2 CPU cores (the 4x run alone tunes ~640 LoRA steps); CURVE_SCALES picks the sizes.
+CURVE_SCALES ?= 0.5 1 2 4
+learning-curve: $(PY)
+	$(PY) -m training.learning_curve $(DATA_ARGS) --scales $(CURVE_SCALES) --profile $(PROFILE)
+
 # Tuning ablations (uniform sampling, no enhancement, no position shifting), each a tuning run of
 # PROFILE -> reports/ablation-$(DATASET).{json,md}. About 20 min per variant on this CPU.
 ablate: $(PY)
@@ -77,10 +95,10 @@ ablate: $(PY)
 # (+ Redis when one answers at RECRANKER_REDIS_URL, else an in-process cache). On a fresh clone it
 # first builds what is missing (data, backbone, tuned model) with `make tune`. Ctrl-C stops all of it.
 serve: $(PY)
-	@if [ -z "$$RECRANKER_MODEL_DIR" ] && [ ! -f artifacts/$(DATASET)/model/manifest.json ]; then \
-	  echo "serve: no tuned model in artifacts/$(DATASET)/model yet; building it first with make tune (about 36 min on 2 cores of an AVX512-BF16 EPYC, the serving policy included; longer on slower CPUs; progress below)"; \
+	@if [ -z "$$RECRANKER_MODEL_DIR" ] && [ ! -f $(ARTIFACTS)/$(DATASET_NAME)/model/manifest.json ]; then \
+	  echo "serve: no tuned model in $(ARTIFACTS)/$(DATASET_NAME)/model yet; building it first with make tune (about 36 min on 2 cores of an AVX512-BF16 EPYC, the serving policy included; longer on slower CPUs; progress below)"; \
 	  $(MAKE) --no-print-directory tune; fi
-	@if [ ! -f artifacts/$(DATASET)/serving/meta.json ]; then $(MAKE) --no-print-directory data; fi
+	@if [ ! -f $(ARTIFACTS)/$(DATASET_NAME)/serving/meta.json ]; then $(MAKE) --no-print-directory data; fi
 	$(SERVE_ENV) $(PY) -m service.gateway.stack
 
 # The served answers, measured: the gateway on each test user's test-time state, every evaluated user

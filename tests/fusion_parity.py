@@ -14,7 +14,7 @@ from service.backbones.feature_source import FeatureInputs
 from service.ranking.features import CandidateContext, non_llm_features
 from tests.conftest import synthetic_dataset
 from training.data.split import leave_one_out
-from training.evaluate import Record
+from training.engine_runs import Record
 
 M = 10
 VALID_USERS, TEST_USERS = 120, 60

@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from service.ranking.prompts import ITEM_TOKEN_MODES
+from training.backbone_training import train_backbone
 from training.data import LOADERS, DataError, leave_one_out, load_dataset, require_held_out_users
 from training.item_tokens import VECTOR_KINDS
 from training.paths import Paths
-from training.pipeline import train_backbone
 from training.quality_report import VARIANTS
 from training.serving_export import write_serving_tables
 
@@ -71,21 +71,36 @@ def cmd_backbone(args, paths: Paths) -> int:
 def metrics_table_markdown(dataset: str, reports: dict[str, dict]) -> str:
     cols = ["HR@3", "NDCG@3", "HR@5", "NDCG@5", "HR@10", "NDCG@10"]
     lines = [
-        f"Backbones on {dataset}: leave-one-out test item, full catalogue, rated items masked.",
+        f"Backbones on {dataset}: leave-one-out test item, full catalogue, rated items masked. Every backbone trained on "
+        "these data (artifacts/<dataset>/backbones), each with the date and machine of its run (— where its run predates them).",
         "",
-        "| backbone | " + " | ".join(cols) + " | best epoch | train s |",
-        "|---|" + "---:|" * (len(cols) + 2),
+        "| backbone | " + " | ".join(cols) + " | best epoch | train s | trained | machine |",
+        "|---|" + "---:|" * (len(cols) + 2) + "---|---|",
     ]
-    for name, r in reports.items():
+    for name, r in sorted(reports.items(), key=lambda kv: -kv[1]["NDCG@10"]):
         cells = " | ".join(f"{r[c]:.4f}" for c in cols)
-        lines.append(f"| {name} | {cells} | {r.get('best_epoch', '')} | {r.get('train_seconds', '')} |")
+        lines.append(f"| {name} | {cells} | {r.get('best_epoch', '')} | {r.get('train_seconds', '')} | {r.get('trained_at') or '—'} | {r.get('machine') or '—'} |")
     return "\n".join(lines) + "\n"
 
 
+def trained_backbones(paths: Paths, dataset: str, split_fingerprint: str) -> dict[str, dict]:
+    """folder name -> metrics of every backbone exported for this data split."""
+    out = {}
+    for metrics in sorted((paths.artifacts / dataset / "backbones").glob("*/metrics.json")):
+        report = json.loads(metrics.read_text())
+        if report.get("data_fingerprint") == split_fingerprint:
+            out[metrics.parent.name] = report
+    return out
+
+
 def cmd_backbones(args, paths: Paths) -> int:
+    from training.data.fingerprint import split_fingerprint
+
     dataset, split = _load(args, paths)
-    reports = {name: train_backbone(name, dataset, split, paths, {}, args.force) for name in args.names}
+    for name in args.names:
+        train_backbone(name, dataset, split, paths, {}, args.force)
     write_serving_tables(dataset, paths.serving_dir(dataset.name))
+    reports = trained_backbones(paths, dataset.name, split_fingerprint(split))
     table = Table(title=f"backbones on {dataset.name} (test, full catalogue)")
     for col in ["backbone", "HR@3", "NDCG@3", "HR@5", "NDCG@5", "HR@10", "NDCG@10"]:
         table.add_column(col, justify="right")

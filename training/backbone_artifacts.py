@@ -13,12 +13,15 @@ no folder that looks trained.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import numpy as np
 
+from service.llm.hardware import machine_description
 from training.backbones.base import Backbone, TrainLog, log_as_dict
+from training.data.fingerprint import dataset_fingerprint
 from training.data.split import Split
 from training.fsutil import atomic_folder
 
@@ -46,6 +49,9 @@ def write_backbone_artifacts(model: Backbone, split: Split, log: TrainLog, folde
         "best_epoch": log.best_epoch,
         "train_seconds": round(log.seconds, 2),
         "data_fingerprint": data_fingerprint,  # of the split it was fitted on (training.data.fingerprint)
+        "dataset_fingerprint": dataset_fingerprint(dataset),
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_description(),  # of the data set, as the serving tables and the model manifest state it
     }
     with atomic_folder(folder) as staging:
         model.save(staging)

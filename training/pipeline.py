@@ -22,9 +22,10 @@ from service.llm.hardware import machine_description
 from service.llm.vllm_server import KV_BLOCK_TOKENS
 from service.ranking.prompts import ITEM_TOKEN_MODES, PromptConfig
 from training.answer_eval import hint_reliability, reference_scores
-from training.backbone_artifacts import load_backbone, training_time_scores, write_backbone_artifacts
+from training.backbone_artifacts import load_backbone, training_time_scores
+from training.backbone_training import train_backbone
 from training.data import Dataset, Split, leave_one_out, load_dataset, require_held_out_users
-from training.data.fingerprint import dataset_fingerprint, split_fingerprint
+from training.data.fingerprint import dataset_fingerprint
 from training.fsutil import atomic_folder
 from training.hint_split import HintCut, cut_training_period, held_out_targets
 from training.honest_examples import ServingListExampleBuilder
@@ -46,40 +47,6 @@ from training.tune import PROFILES, TuneProfile, merge_adapter, thread_settings,
 console = Console(soft_wrap=True)
 
 
-# Seconds between backbone checkpoints: an interruption loses at most this much training.
-CHECKPOINT_EVERY_S = 30.0
-
-
-def train_backbone(name: str, dataset: Dataset, split: Split, paths: Paths, overrides: dict | None = None, force: bool = False, folder: Path | None = None) -> dict:
-    from training.backbones import get_backbone
-
-    folder = folder or paths.backbone_dir(dataset.name, name)
-    fingerprint = split_fingerprint(split)
-    if (folder / "metrics.json").is_file() and not force:
-        trained = json.loads((folder / "metrics.json").read_text())
-        if trained.get("data_fingerprint") == fingerprint:
-            console.print(f"[dim]{name}: already trained on this data ({folder}/metrics.json), skipped[/dim]")
-            return trained
-        console.print(f"{name}: {folder} was trained on other data (fingerprint {str(trained.get('data_fingerprint'))[:12]}, "
-                      f"this data {fingerprint[:12]}): retraining")
-    cls = get_backbone(name)
-    config = cls.Config(**{**cls.Config().model_dump(), **(overrides or {})})
-    model = cls(dataset.n_users, dataset.n_items, config)
-    # The same backbone, settings and split resume from this file after an interruption; it goes
-    # once the artefacts are written.
-    checkpoint = folder.parent / ".checkpoints" / f"{folder.name}-{model.checkpoint_key(fingerprint)}.pt"
-    resume = " (resuming from its checkpoint)" if checkpoint.is_file() else ""
-    console.print(f"training [bold]{name}[/bold] on {model.device}{resume}: {config.model_dump()}")
-    log = model.fit(split, checkpoint=checkpoint, checkpoint_every_s=CHECKPOINT_EVERY_S)
-    report = write_backbone_artifacts(model, split, log, folder, data_fingerprint=fingerprint)
-    checkpoint.unlink(missing_ok=True)
-    console.print(
-        f"{name}: test HR@10 {report['HR@10']:.4f} NDCG@10 {report['NDCG@10']:.4f} "
-        f"(best epoch {log.best_epoch}, {log.seconds:.0f}s) -> {folder}"
-    )
-    return report
-
-
 # Bumped when the instruction data changes for the same request (2: shuffled validation prompts;
 # 3: each task's question and answer format before the candidate lines; 4: token ids padded to
 # vLLM's KV blocks after the user block and the question line; 5: honest hints, hint reliability;
@@ -89,7 +56,7 @@ HINT_MODES = ("honest", "paper")
 NOT_TUNING_INPUTS = {"serving_validation_users", "policy_backbones"}
 # Request fields that joined after exports existed: at these values they stay out of the run key,
 # so those exports keep their keys (and are not retuned).
-KEY_DEFAULTS = {"item_tokens": "off", "item_vectors": "real"}
+KEY_DEFAULTS = {"item_tokens": "off", "item_vectors": "real", "draws_scale": 1.0}
 
 
 @dataclass(frozen=True)
@@ -115,14 +82,25 @@ class TuneRequest:
     item_tokens: str = "off"
     item_vectors: str = "real"
     export_dir: Path | None = None  # default artifacts/<dataset>/model
+    # The profile's user draws (so instruction examples) times this: the learning curve's sizes.
+    draws_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.draws_scale > 0:
+            raise ValueError(f"draws_scale must be positive, got {self.draws_scale}")
         if self.item_tokens not in ITEM_TOKEN_MODES:
             raise ValueError(f"item_tokens must be one of {', '.join(ITEM_TOKEN_MODES)}, got {self.item_tokens!r}")
         if self.item_vectors not in VECTOR_KINDS:
             raise ValueError(f"item_vectors must be one of {', '.join(VECTOR_KINDS)}, got {self.item_vectors!r}")
         if self.item_tokens == "off" and self.item_vectors != "real":
             raise ValueError("item_vectors=shuffled needs item tokens (item_tokens beside or only)")
+
+    def tune_profile(self) -> TuneProfile:
+        """The named profile, its draws scaled by `draws_scale`."""
+        profile = PROFILES[self.profile]
+        if self.draws_scale == 1.0:
+            return profile
+        return profile.model_copy(update={"n_draws": max(1, round(profile.n_draws * self.draws_scale))})
 
     def key(self, profile: TuneProfile, data_fingerprint: str) -> str:
         """Names the instruction set, the tuning run and the export: the request, the profile and the
@@ -263,7 +241,7 @@ def _mk(folder: Path) -> Path:
 
 def run_tune(req: TuneRequest, paths: Paths) -> Path:
     thread_settings()
-    profile = PROFILES[req.profile]
+    profile = req.tune_profile()
     started = time.perf_counter()
     dataset = load_dataset(req.dataset, req.data_path, cache_dir=paths.cache)
     split = require_held_out_users(leave_one_out(dataset), req.data_path or req.dataset)
@@ -341,7 +319,7 @@ def ensure_serving_policy(export_dir: Path, paths: Paths, split: Split, backbone
     serving-task validation's users and LLM outputs (its cache) unless one for this model and data
     is there already; the policy's feature backbones are trained first when missing."""
     from service.ranking.policy import PolicyError, ServingPolicy, policy_dir
-    from training.evaluate import EvalRequest, engine_cache_dir, sample_users, stage_cache_name, stage_records
+    from training.engine_runs import EvalRequest, engine_cache_dir, sample_users, stage_cache_name, stage_records
     from training.serving_policy import feature_source, fit_policy, policy_table, record_inputs, save_policy
 
     manifest = json.loads((export_dir / "manifest.json").read_text())
@@ -370,9 +348,9 @@ def ensure_serving_policy(export_dir: Path, paths: Paths, split: Split, backbone
 
 def ensure_serving_validation(export_dir: Path, paths: Paths, split: Split, backbone: str, profile: TuneProfile) -> dict:
     """Adds `serving_validation` to the export's manifest when it is missing: validation users'
-    `backbone` top-10 reranked through vLLM (`training.evaluate.serving_validation`). The hybrid's
+    `backbone` top-10 reranked through vLLM (`training.engine_runs.serving_validation`). The hybrid's
     NDCG@3 there is what tuning variants are compared on."""
-    from training.evaluate import EvalRequest, serving_validation
+    from training.engine_runs import EvalRequest, serving_validation
 
     manifest_file = export_dir / "manifest.json"
     manifest = json.loads(manifest_file.read_text())

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-
-from training.paths import Paths
 
 TARGET_GAIN = 0.10  # what we are after: +10% NDCG@3 over the backbone with the interval above 0
 
@@ -80,9 +79,11 @@ def _nan_to_none(x):
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
-def update_quality_report(folder: Path, dataset: str, manifest: dict, reports: dict[str, dict], paths: Paths | None = None) -> list[Path]:
-    """Replaces the evaluated variant's rows; with `paths`, also pairs the variants on the validation
-    users where their engine outputs are on this machine (training.variant_pairs)."""
+def update_quality_report(folder: Path, dataset: str, manifest: dict, reports: dict[str, dict],
+                          pair_variants: Callable[[dict], dict] | None = None) -> list[Path]:
+    """Replaces the evaluated variant's rows; with `pair_variants`, also pairs the variants on the
+    validation users where their engine outputs are on this machine
+    (`training.variant_pairs.update_quality_report` passes it)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"quality-{dataset}.json"
     quality = json.loads(path.read_text()) if path.is_file() else {"dataset": dataset, "rows": [], "variants": {}}
@@ -109,10 +110,8 @@ def update_quality_report(folder: Path, dataset: str, manifest: dict, reports: d
     quality["default"] = default_variant()
     quality["users"] = any_report["users"]
     quality["hint_reliability"] = _reliability_table(quality["variants"].get(quality["default"], {}).get("hint_reliability"))
-    if paths is not None:
-        from training.variant_pairs import update_validation_pairs
-
-        quality["validation_pairs"] = update_validation_pairs(quality, paths)
+    if pair_variants is not None:
+        quality["validation_pairs"] = pair_variants(quality)
     return write_quality_report(folder, dataset, quality)
 
 

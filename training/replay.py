@@ -40,7 +40,7 @@ from service.ranking.fusion import LearnedFusion
 from service.ranking.policy import ServingPolicy, policy_dir
 from training.data import leave_one_out, load_dataset, require_held_out_users
 from training.data.split import Split, rows_as_of
-from training.evaluate import (
+from training.engine_runs import (
     EvalRequest,
     Record,
     candidate_lists,

@@ -15,7 +15,6 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -33,16 +32,13 @@ from service.ranking.policy import (
     write_popularity,
 )
 from training.data import Split
+from training.engine_runs import Record, relevant_index, utilities_of
 from training.fusion_selection import LearnedFusionConfig, UserGroup, cross_validate, fit_learned_fusion
 from training.metrics import ndcg_at_k
 from training.paired_stats import paired_comparison
 from training.paths import Paths
 
-if TYPE_CHECKING:
-    from training.evaluate import Record
-
 console = Console(soft_wrap=True)
-FEATURE_BACKBONES = ("mf", "lightgcn", "sasrec")
 RULE = ("cheapest first (backbone < rank_mean_no_llm < learned_no_llm < hybrid < learned); a dearer method replaces the "
         "current choice only when its per-user validation NDCG@3 (cross-validated for the learned ones) is clearly better: "
         f"sign test or one-sided paired t test at z={GUARD_Z}")
@@ -69,16 +65,8 @@ def record_inputs(source: FeatureSource, split: Split, rec: Record, backbone: st
     return source.inputs(backbone, ds.users[rec.user].user_id, liked, [c.item_id for c in cands], [c.genres for c in cands])
 
 
-def utilities_of(rec: Record) -> dict[str, np.ndarray]:
-    return {t: np.asarray(v) for t, v in rec.utilities.items()}
-
-
 def features_of(rec: Record, inputs: FeatureInputs, with_llm: bool) -> FusionFeatures:
     return feature_matrix(rec.m, utilities_of(rec) if with_llm else None, backbone_scores=inputs.backbone_scores, extra=inputs.extra)
-
-
-def relevant_index(rec: Record) -> int | None:
-    return rec.items.index(rec.target) if rec.target in rec.items else None
 
 
 def method_order(method: str, rec: Record, inputs: FeatureInputs, models: dict[str, LearnedFusion],

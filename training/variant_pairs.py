@@ -1,6 +1,6 @@
 """Tuning variants paired on the same validation users: what chooses between them.
 
-Each variant's serving-task validation (`training.evaluate.serving_validation`) left its engine
+Each variant's serving-task validation (`training.engine_runs.serving_validation`) left its engine
 outputs in `artifacts/<dataset>/eval/<run key>/`. Two variants validated on the same users and
 the same backbone candidate lists are compared user by user: the paired NDCG@3 difference of the
 hybrid and of each task, with the report's bootstrap interval and t-test (`paired_comparison`).
@@ -20,19 +20,20 @@ import argparse
 import json
 from pathlib import Path
 
-from training.evaluate import (
+from training.engine_runs import (
     TASK_METHODS,
     EvalRequest,
     Record,
     engine_cache_dir,
-    ndcg_gains,
     serving_ranks,
     stage_cache_name,
     stage_records,
 )
+from training.metrics import ndcg_gains
 from training.paired_stats import paired_comparison
 from training.paths import Paths
 from training.quality_report import pairs_markdown, write_quality_report
+from training.quality_report import update_quality_report as _update_rows
 
 PAIR_METHODS = ("hybrid", *TASK_METHODS)
 
@@ -86,6 +87,12 @@ def update_validation_pairs(quality: dict, paths: Paths) -> dict:
                                                   "run_keys": [quality["variants"][v]["model_run_key"] for v in (variant, reference)],
                                                   "tuned_on": sorted(tuned_on), "ndcg3": result}
     return pairs
+
+
+def update_quality_report(folder: Path, dataset: str, manifest: dict, reports: dict[str, dict], paths: Paths | None = None) -> list[Path]:
+    """`training.quality_report.update_quality_report`, and with `paths` the variants paired on the
+    validation users whose engine outputs are on this machine."""
+    return _update_rows(folder, dataset, manifest, reports, (lambda q: update_validation_pairs(q, paths)) if paths is not None else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-CAUSAL_SEQUENCE_BACKBONES = ("sasrec", "cl4srec")  # last-position state of a causal encoder
+CAUSAL_SEQUENCE_BACKBONES = ("sasrec", "cl4srec", "sasrec_lm", "sasrec_lm_shuffled")  # last-position state of a causal encoder
 
 
 class BackboneScorerError(RuntimeError):

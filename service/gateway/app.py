@@ -107,6 +107,19 @@ def check_model_data(model_dir: Path, manifest: dict, dataset: str, fingerprint:
                            f"run `make serve DATASET=... DATA_PATH=...` for those data (it tunes a model on them), or set RECRANKER_MODEL_DIR")
 
 
+def check_backbone_data(backbone_dir: Path, dataset: str, fingerprint: str, tables_dir: Path) -> None:
+    """The retrieval backbone must come from the data the tables hold, or its candidates are another
+    catalogue's rows. (A backbone exported before its metrics named the data set is let through;
+    the retriever still checks its shape.)"""
+    try:
+        trained_on = json.loads((backbone_dir / "metrics.json").read_text()).get("dataset_fingerprint")
+    except (OSError, ValueError):
+        return
+    if trained_on and trained_on != fingerprint:
+        raise StartupError(f"{backbone_dir} was trained on data {trained_on[:12]}, the serving tables {tables_dir} hold {dataset} {fingerprint[:12]}; "
+                           f"run `make serve DATASET=... DATA_PATH=...` for those data (it trains the backbone on them), or set RECRANKER_BACKBONE")
+
+
 def build_components(settings: GatewaySettings) -> Components:
     if not (settings.backbone_dir / "item_vectors.npy").is_file() and settings.retrieval == "embedded":
         raise StartupError(f"{settings.backbone_dir}: no exported backbone; run `python -m training backbone --name {settings.backbone}` (or `make tune`)")
@@ -114,6 +127,7 @@ def build_components(settings: GatewaySettings) -> Components:
         tables = read_serving_tables(settings.serving_dir)
         manifest = model_manifest(settings.resolved_model_dir)
         check_model_data(settings.resolved_model_dir, manifest, tables.dataset, tables.fingerprint, settings.serving_dir)
+        check_backbone_data(settings.backbone_dir, tables.dataset, tables.fingerprint, settings.serving_dir)
         store = InteractionStore.from_tables(tables, settings.resolved_events_log)
         policy = load_policy_runtime(settings.resolved_policy_dir, settings.backbone_dir.parent, [u["user_id"] for u in tables.users],
                                      [it["item_id"] for it in tables.items], tables.fingerprint)

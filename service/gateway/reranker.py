@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,17 +61,21 @@ def servable_cached_utility(value: object, m: int) -> np.ndarray | None:
 
 @dataclass
 class RequestTrace:
-    started: float = field(default_factory=time.perf_counter)
+    clock: Callable[[], float] = time.perf_counter
+    started: float = field(init=False)
     timings: dict[str, float] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
     cache: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
 
     def degrade(self, reason: str) -> None:
         if reason not in self.reasons:
             self.reasons.append(reason)
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+        return self.clock() - self.started
 
 
 @dataclass
@@ -85,6 +90,8 @@ class RerankService:
     model_name: str
     policy: PolicyRuntime | None = None  # None: an export without a policy; the hybrid is the default
     admission: LLMAdmission | None = None  # None: no admission control (every request waits)
+    # What the deadline is measured on; the event loop's (virtual) time in tests, as the admission's
+    clock: Callable[[], float] = time.perf_counter
 
     def _stage(self, trace: RequestTrace, stage: str, seconds: float) -> None:
         trace.timings[stage] = round(seconds * 1000, 3)
@@ -92,15 +99,15 @@ class RerankService:
 
     async def rerank(self, req: RerankRequest, request_id: str) -> RerankResponse:
         """history -> candidates -> task scores (cache, then engine) -> fuse -> respond."""
-        trace = RequestTrace()
+        trace = RequestTrace(self.clock)
         k, budget_s, method, tasks = self._check(req)
         history = await self._history(req.user_id, trace)
         item_ids = await self._candidates(req, history, budget_s, trace)
         catalog = [self.store.items[i] for i in item_ids]
         utilities, repaired = await self._task_utilities(req, tasks, history, catalog, budget_s, trace)
-        t = time.perf_counter()
+        t = self.clock()
         fused = self._fuse(req.user_id, method, utilities, history, catalog, trace)
-        self._stage(trace, "fusion", time.perf_counter() - t)
+        self._stage(trace, "fusion", self.clock() - t)
         return self._respond(req, request_id, item_ids, fused, k, utilities, repaired, trace)
 
     def method_and_tasks(self, req: RerankRequest) -> tuple[str, list[str]]:
@@ -144,18 +151,18 @@ class RerankService:
         return req.k or s.default_k, (req.deadline_ms or s.default_deadline_ms) / 1000, method, tasks
 
     async def _history(self, user_id: str, trace: RequestTrace) -> list:
-        t = time.perf_counter()
+        t = self.clock()
         read = await self.histories.get(user_id)
         self.metrics.cache_requests.labels("history", read.result).inc()
         trace.cache["history"] = read.result
         if read.result == "error":
             trace.degrade("cache_unavailable")
-        self._stage(trace, "history", time.perf_counter() - t)
+        self._stage(trace, "history", self.clock() - t)
         return read.value
 
     async def _candidates(self, req: RerankRequest, history, budget_s: float, trace: RequestTrace) -> list[str]:
         """The caller's candidates, or the backbone's top-m."""
-        t = time.perf_counter()
+        t = self.clock()
         if req.candidates is None:
             try:
                 retrieved = await asyncio.wait_for(
@@ -163,12 +170,12 @@ class RerankService:
                     timeout=max(0.001, budget_s - trace.elapsed()),
                 )
             except (RetrievalError, TimeoutError) as exc:
-                self._stage(trace, "retrieval", time.perf_counter() - t)
+                self._stage(trace, "retrieval", self.clock() - t)
                 raise Unavailable("retrieval_unavailable", f"the retrieval backbone failed and no candidates were given: {exc}") from None
             item_ids = retrieved.item_ids
         else:
             item_ids = list(req.candidates)
-        self._stage(trace, "retrieval", time.perf_counter() - t)
+        self._stage(trace, "retrieval", self.clock() - t)
         if not item_ids:
             raise InvalidInput("no_candidates", "the backbone returned no candidates for this user")
         return item_ids
@@ -186,10 +193,10 @@ class RerankService:
             return fuse(m, {})
         if method == "hybrid":
             return fuse(m, utilities, weights=self.settings.hybrid_weights)
-        t = time.perf_counter()
+        t = self.clock()
         liked = [LikedItem(e.item_id, e.genres) for e in history if e.rating >= self.store.liked_at_least and e.item_id is not None]
         inputs = runtime.inputs(user_id, liked, [c.item_id for c in catalog], [c.genres for c in catalog])
-        self._stage(trace, "features", time.perf_counter() - t)
+        self._stage(trace, "features", self.clock() - t)
         if method == "rank_mean_no_llm":
             scores = inputs.rank_mean()
             return Fused(scores=scores, order=rank_by(scores), method=method)
@@ -236,9 +243,9 @@ class RerankService:
         repaired: dict[str, int] = {}
         missing = list(tasks)
         if req.use_cache:
-            t = time.perf_counter()
+            t = self.clock()
             reads = await asyncio.gather(*(self.scores.get(keys[t_]) for t_ in tasks))
-            self._stage(trace, "result_cache", time.perf_counter() - t)
+            self._stage(trace, "result_cache", self.clock() - t)
             missing = []
             for task, read in zip(tasks, reads):
                 cached = None if read.value is None else servable_cached_utility(read.value, len(item_ids))

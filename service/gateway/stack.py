@@ -20,7 +20,7 @@ from service.gateway.settings import GatewaySettings
 from service.llm.hardware import default_cpu_dtype
 from service.llm.vllm_server import VLLMServer, VLLMServerError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one message, one line, whatever the width
 
 
 def redis_reachable(url: str) -> bool:
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
+    fingerprint = components.data_fingerprint or "?"
+    console.print(f"serving {gateway.dataset} (data {fingerprint[:12]}, tables {gateway.serving_dir}) with model {components.service.model_name} "
+                  f"and backbone {gateway.backbone_dir}")
     console.print(f"starting vLLM on {server.base_url} with {model_dir} (log: {logs / 'vllm.log'}) ...")
     signal.signal(signal.SIGTERM, _interrupt)  # docker stop ends the stack like Ctrl-C does
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.gateway.reranker import RerankService
@@ -37,17 +38,19 @@ async def score_one_user(service: RerankService, user_id: str, deadline_s: float
     return not result.dropped
 
 
-async def warm_up(service: RerankService, users: int, deadline_s: float, give_up_s: float, retry_s: float = 2.0) -> WarmUpResult:
+async def warm_up(service: RerankService, users: int, deadline_s: float, give_up_s: float, retry_s: float = 2.0,
+                  clock: Callable[[], float] = time.monotonic) -> WarmUpResult:
     """Score `users` users one after another; while the LLM does not answer (not started yet, or
-    down), wait `retry_s` and try again, for at most `give_up_s` in all."""
-    started = time.monotonic()
+    down), wait `retry_s` and try again, for at most `give_up_s` in all (on `clock`: the event
+    loop's virtual time in tests)."""
+    started = clock()
     user_ids = [u for u in service.store.users if service.store.version(u) > 0][:users]  # known users with a history
     attempts = answered = 0
     for user_id in user_ids:
         while True:
-            left = give_up_s - (time.monotonic() - started)
+            left = give_up_s - (clock() - started)
             if left <= 0:
-                return WarmUpResult(attempts, answered, time.monotonic() - started)
+                return WarmUpResult(attempts, answered, clock() - started)
             attempts += 1
             try:
                 ok = await asyncio.wait_for(score_one_user(service, user_id, min(deadline_s, left)), timeout=left)
@@ -57,5 +60,5 @@ async def warm_up(service: RerankService, users: int, deadline_s: float, give_up
             if ok:
                 answered += 1
                 break
-            await asyncio.sleep(min(retry_s, max(0.0, give_up_s - (time.monotonic() - started))))
-    return WarmUpResult(attempts, answered, time.monotonic() - started)
+            await asyncio.sleep(min(retry_s, max(0.0, give_up_s - (clock() - started))))
+    return WarmUpResult(attempts, answered, clock() - started)

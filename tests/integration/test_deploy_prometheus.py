@@ -34,8 +34,8 @@ from tests.deploy.metricnames import (
     promql_metric_names,
     sample_labels,
 )
+from training.backbone_training import train_backbone
 from training.paths import Paths
-from training.pipeline import train_backbone
 from training.serving_export import write_serving_tables
 
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"

@@ -4,7 +4,9 @@ malformed listwise answer is repaired and counted."""
 from __future__ import annotations
 
 import asyncio
+import json
 
+import numpy as np
 import pytest
 
 from service.llm.client import LLMSettings, VLLMClient
@@ -43,7 +45,18 @@ def test_all_three_task_scores_come_from_logprobs(vllm_tiny):
     assert any(abs(r - round(r)) > 1e-3 for r in ratings)
     assert all(p is None or 0.0 <= p <= 1.0 for _, _, pa, pb in pair.detail["pairs"] for p in (pa, pb))
     assert 0.0 < lst.detail["letter_mass"] <= 1.0 + 1e-6
-    assert sorted(fuse(10, result.utilities).order) == list(range(10))
+    assert fuse(10, result.utilities).order == hybrid_order_by_hand(result.utilities)
+
+
+def hybrid_order_by_hand(utilities) -> list[int]:
+    """The paper's hybrid written out: each task min-max scaled within the list, a third of each
+    summed, best first, ties in backbone order."""
+    total = np.zeros(10)
+    for u in utilities.values():
+        u = np.asarray(u, dtype=float)
+        span = u.max() - u.min()
+        total += (1 / 3) * ((u - u.min()) / span if span > 0 else np.zeros(10))
+    return sorted(range(10), key=lambda i: (-total[i], i))
 
 
 def test_malformed_listwise_answer_is_repaired_and_counted(vllm_tiny):
@@ -52,10 +65,10 @@ def test_malformed_listwise_answer_is_repaired_and_counted(vllm_tiny):
     result = asyncio.run(_score(vllm_tiny, config, tasks=["listwise"]))
     lst = result.outcomes["listwise"]
     assert lst.error is None and lst.invalid_answers == 1
-    order = fuse(10, result.utilities).order
-    assert sorted(order) == list(range(10))
     named = [i for i in range(10) if lst.utility[i] > 0]
-    assert order[len(named):] == sorted(order[len(named):])  # the rest keep backbone order
+    assert 0 < len(named) < 10
+    # the candidates the answer named, best first, then the rest in backbone order
+    assert fuse(10, result.utilities).order == sorted(named, key=lambda i: -lst.utility[i]) + [i for i in range(10) if i not in named]
 
 
 def test_one_request_per_task_sends_the_chat_endpoints_tokens_and_gets_the_same_answers(vllm_tiny, tiny_export):
@@ -147,18 +160,46 @@ def test_block_layout_leaves_each_later_prompt_of_a_task_only_its_tail_to_comput
     assert all(0 <= predicted[b] - cost[b] <= 2 * KV_BLOCK_TOKENS for b in cost)
 
 
-def test_generation_with_the_model_folder_sends_the_tuned_layout_and_returns_text(vllm_tiny, tiny_export):
-    """`listwise_mode="generate"` through the client built for the model: the prompt goes as the
-    block-laid-out ids (a completions request), and the answer comes back as text."""
-    from service.ranking.prompts import listwise_prompt
+def test_generation_with_the_model_folder_sends_the_tuned_layout_and_returns_the_servers_text(vllm_tiny, tiny_export):
+    """`listwise_mode="generate"` through the client built for the model: the prompt goes as one
+    completions request, as the token ids training encodes for the tuned block layout (the user
+    block's ids, newlines up to a 32-token boundary, then the question), and the answer is the
+    text the server sent back."""
+    import httpx
+    from transformers import AutoTokenizer
+
+    from service.llm.client import prompt_format_of
+    from service.llm.prompt_tokens import PromptEncoder
+    from service.ranking.prompts import QUESTION_HEADING, listwise_prompt
+
+    messages = listwise_prompt(USER, CANDS).messages
+    sent, received = [], []
+
+    async def record_request(request):
+        sent.append((request.url.path, json.loads(request.content)))
+
+    async def record_response(response):
+        await response.aread()
+        received.append(response.json())
 
     async def run():
-        client = VLLMClient.for_model(LLMSettings(base_url=vllm_tiny.base_url, model=vllm_tiny.served_name, timeout_s=120), tiny_export, 32)
+        template, encoder = prompt_format_of(tiny_export, 32)
+        http = httpx.AsyncClient(base_url=vllm_tiny.base_url, timeout=120, event_hooks={"request": [record_request], "response": [record_response]})
+        client = VLLMClient(LLMSettings(base_url=vllm_tiny.base_url, model=vllm_tiny.served_name, timeout_s=120), http=http, template=template, encoder=encoder)
         try:
-            assert client.encoder is not None and client.template is not None
-            return await client.generate(listwise_prompt(USER, CANDS).messages, max_tokens=12)
+            return await client.generate(messages, max_tokens=12)
         finally:
             await client.aclose()
 
     text = asyncio.run(run())
-    assert isinstance(text, str) and text.strip()
+    [(path, body)] = sent
+    assert path == "/v1/completions" and body["max_tokens"] == 12 and body["add_special_tokens"] is False
+    tokenizer = AutoTokenizer.from_pretrained(tiny_export)
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert body["prompt"] == PromptEncoder.from_hf_tokenizer(tokenizer, 32).encode(rendered)  # what training tuned on
+    user_block = tokenizer(rendered[:rendered.rfind(QUESTION_HEADING)], add_special_tokens=False)["input_ids"]
+    boundary = -(-len(user_block) // 32) * 32
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    assert body["prompt"][:len(user_block)] == user_block and len(user_block) % 32 != 0
+    assert body["prompt"][len(user_block):boundary] == newline * (boundary - len(user_block))
+    assert text == received[0]["choices"][0]["text"]

@@ -87,3 +87,27 @@ def test_the_schema_states_the_limits_this_gateways_settings_enforce(gateway_art
         # and what the schema says is what is enforced
         assert c.post("/rerank", json={"user_id": "1", "k": 8}).status_code == 422
         assert c.post("/rerank", json={"user_id": "1", "deadline_ms": 4322}).status_code == 422
+
+
+# -- the request checks the schema cannot express (the service's own, 422 with a code) -----------------
+
+
+def test_rerank_rejects_an_empty_candidate_list_with_422_saying_to_omit_it(client):
+    reply = client.post("/rerank", json={"user_id": "1", "candidates": []})
+    assert reply.status_code == 422 and reply.json()["error"]["code"] == "no_candidates"
+    # the caller sent the empty list (not the backbone's doing): the message says what to send instead
+    assert reply.json()["error"]["message"] == "candidates is empty; omit it to let the backbone retrieve them"
+
+
+def test_rerank_rejects_duplicate_candidates_with_422(client):
+    reply = client.post("/rerank", json={"user_id": "1", "candidates": ["50", "181", "50"]})
+    assert reply.status_code == 422 and reply.json()["error"]["code"] == "duplicate_candidates"
+
+
+def test_rerank_rejects_m_above_the_candidate_limit_with_422_and_serves_m_at_the_limit(client):
+    limit = client.app.state.settings.max_candidates
+    over = client.post("/rerank", json={"user_id": "1", "m": limit + 1, "tasks": []})
+    assert over.status_code == 422
+    assert over.json()["error"]["code"] == "too_many_candidates" and over.json()["error"]["details"] == {"max_candidates": limit}
+    at = client.post("/rerank", json={"user_id": "1", "m": limit, "k": limit, "tasks": []})
+    assert at.status_code == 200 and len(at.json()["results"]) == limit

@@ -1,11 +1,16 @@
 """Admission control through the real gateway (finding 4 of the reliability review): with more
 uncached users at once than the LLM can score, the admitted ones are answered in full within their
-deadline and the others at once (degraded `overloaded`, backbone order, or 429 by the setting),
-instead of every request waiting for the LLM and none getting an answer."""
+deadline and the others without the LLM (degraded `overloaded`, backbone order, or 429 by the
+setting), instead of every request waiting for the LLM and none getting an answer.
+
+Here the requests really run side by side on a busy machine, so nothing below reads a clock: an
+admitted request that missed its deadline would say so (`llm_deadline`). When each is answered, to
+the exact second, is pinned on virtual time in tests/unit/test_rerank_orchestration.py and
+tests/unit/test_admission.py."""
 
 from __future__ import annotations
 
-import time
+import math
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,36 +42,38 @@ def gateway(artifacts, llm_url: str, tmp_path, **overrides) -> TestClient:
     return TestClient(create_app(settings))
 
 
-def burst(client: TestClient, users: list[str]) -> list[tuple[httpx.Response, float]]:
+def burst(client: TestClient, users: list[str]) -> list[httpx.Response]:
     """All users at once, each request from its own thread into the gateway's one event loop."""
 
     def one(user):
-        started = time.perf_counter()
-        reply = client.post("/rerank", json={"user_id": user, "m": 4, "tasks": ["pointwise"], "use_cache": False})
-        return reply, time.perf_counter() - started
+        return client.post("/rerank", json={"user_id": user, "m": 4, "tasks": ["pointwise"], "use_cache": False})
 
     with ThreadPoolExecutor(max_workers=len(users)) as pool:
         return list(pool.map(one, users))
 
 
-def test_at_overload_the_capacity_is_answered_in_full_and_the_rest_at_once(gateway_artifacts, slow_llm, tmp_path):
+@pytest.mark.timeout(120)  # requests that wait on one another forever fail here
+def test_at_overload_the_capacity_is_answered_in_full_and_the_rest_without_the_llm(gateway_artifacts, slow_llm, tmp_path):
     with gateway(gateway_artifacts, slow_llm.url, tmp_path) as client:
         replies = burst(client, [str(u) for u in range(1, 9)])
-    bodies = [(r.json(), s) for r, s in replies]
-    assert all(r.status_code == 200 for r, _ in replies)
-    full = [s for b, s in bodies if not b["degraded"]]
-    shed = [(b, s) for b, s in bodies if b["degraded"]]
-    assert len(full) >= 2  # the slot and the one waiting place: both finish within the deadline
-    assert all(s < 2.5 for s in full)
-    assert shed and all(b["degraded_reasons"] == ["overloaded"] and b["tasks_used"] == [] for b, _ in shed)
-    assert all([r["index"] for r in b["results"]] == list(range(4)) for b, _ in shed)  # the backbone order
-    assert all(s < 2.0 for _, s in shed)  # answered once waiting could not help, not at the deadline
+    assert all(r.status_code == 200 for r in replies)
+    bodies = [r.json() for r in replies]
+    full = [b for b in bodies if not b["degraded"]]
+    shed = [b for b in bodies if b["degraded"]]
+    assert len(full) >= 2  # the slot and the one waiting place
+    assert all(b["tasks_used"] == ["pointwise"] and b["results"][0]["scores"] for b in full)  # scored in time, in full
+    assert shed and all(b["degraded_reasons"] == ["overloaded"] and b["tasks_used"] == [] for b in shed)  # none ran past its deadline
+    assert all([r["index"] for r in b["results"]] == list(range(4)) for b in shed)  # the backbone order
 
 
+@pytest.mark.timeout(120)
 def test_with_reject_an_overloaded_request_is_a_429_with_retry_after(gateway_artifacts, slow_llm, tmp_path):
     with gateway(gateway_artifacts, slow_llm.url, tmp_path, overload_response="reject") as client:
         replies = burst(client, [str(u) for u in range(1, 9)])
-    codes = [r.status_code for r, _ in replies]
+    codes = [r.status_code for r in replies]
     assert 200 in codes and 429 in codes and set(codes) <= {200, 429}
-    rejected = next(r for r, _ in replies if r.status_code == 429)
-    assert rejected.json()["error"]["code"] == "overloaded" and int(rejected.headers["retry-after"]) >= 1
+    rejected = next(r for r in replies if r.status_code == 429)
+    error = rejected.json()["error"]
+    assert error["code"] == "overloaded" and error["details"]["retry_after_s"] > 0
+    # the header is the admission's estimate in the body, rounded up to whole seconds
+    assert rejected.headers["retry-after"] == str(max(1, math.ceil(error["details"]["retry_after_s"])))

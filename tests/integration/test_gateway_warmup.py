@@ -72,14 +72,16 @@ def test_with_the_warm_up_off_the_gateway_is_ready_at_once(gateway_artifacts, sl
     assert slow_llm.prompts == 0
 
 
-def test_an_llm_that_never_answers_is_reported_down_and_the_warm_up_gives_up_in_time(gateway_artifacts):
+@pytest.mark.timeout(60)  # a warm-up that never gives up fails here; when it gives up is pinned on virtual time (test_rerank_orchestration.py)
+def test_an_llm_that_never_answers_is_reported_down_and_the_warm_up_gives_up(gateway_artifacts):
     settings = settings_for(gateway_artifacts, f"http://127.0.0.1:{free_port()}", llm_warmup_users=2, llm_warmup_timeout_s=1.0)
     with TestClient(create_app(settings)) as client:
         first = client.get("/readyz")
-        time.sleep(2.5)
         warm_up = client.app.state.llm_warm_up
-        gave_up = warm_up.result() if warm_up.done() else None
+        while not warm_up.done():
+            time.sleep(0.05)
+        gave_up = warm_up.result()
         rerank = client.post("/rerank", json={"user_id": "1", "k": 3})
     assert first.status_code == 503 and first.json()["checks"]["llm"] == "down"
-    assert gave_up is not None and gave_up.users_answered == 0
+    assert gave_up.users_answered == 0 and gave_up.attempts >= 1
     assert rerank.status_code == 200 and rerank.json()["degraded"] is True  # served in the backbone order meanwhile

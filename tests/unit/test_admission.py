@@ -244,3 +244,84 @@ def test_the_quantile_must_lie_strictly_between_zero_and_one():
     for bad in (0.0, 1.0):
         with pytest.raises(ValueError):
             ScoringTimeModel(1.0, quantile=bad)
+
+
+# -- the constructor, the refusal's Retry-After, waiters ------------------------------------------
+
+
+@pytest.mark.parametrize("settings", [{"slots": 0, "max_waiting": 1}, {"slots": 1, "max_waiting": -1}, {"slots": 1, "max_waiting": 1, "initial_seconds": 0.0}],
+                         ids=["no_slot", "negative_queue", "no_scoring_time"])
+def test_admission_refuses_settings_under_which_it_could_never_admit_or_estimate(settings):
+    with pytest.raises(ValueError):
+        LLMAdmission(**settings)
+
+
+def test_admission_without_a_waiting_room_is_a_valid_setting():
+    assert LLMAdmission(slots=1, max_waiting=0).max_waiting == 0
+
+
+def test_a_refusal_says_to_retry_after_the_expected_scoring_time_of_those_in_flight():
+    admission = on_virtual_time(slots=2, max_waiting=0, initial_seconds=1.0)
+    for _ in range(5):
+        for n in (1, 2, 3, 4):
+            admission.record(0.5 + 0.25 * n, n)  # learned: a = 0.5 s fixed, b = 0.25 s per request in flight
+
+    async def go():
+        server = SharedServer(work_s=10.0)
+        scoring = [asyncio.create_task(request(admission, server, 60.0)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        try:
+            async with admission.slot(60.0):
+                pytest.fail("a third request was admitted past two slots")
+        except Overloaded as exc:
+            refused = exc
+        await asyncio.gather(*scoring)
+        return refused
+
+    refused = run(admission, go)
+    assert refused.retry_after_s == pytest.approx(0.5 + 0.25 * 2)  # two in flight: a + 2b
+
+
+def test_a_waiter_gives_up_when_its_budget_no_longer_leaves_time_to_score_alone():
+    # the slot is busy for 1 s; a 0.5 s budget can wait 0.5 - 0.1 (its own scoring alone) = 0.4 s
+    admission = on_virtual_time(slots=1, max_waiting=1, initial_seconds=SCORING_S)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        busy = asyncio.create_task(request(admission, SharedServer(work_s=1.0), 10.0))
+        await asyncio.sleep(0)
+        arrived = loop.time()
+        try:
+            async with admission.slot(0.5):
+                pytest.fail("admitted although the slot stays busy past its budget")
+        except Overloaded as exc:
+            gave_up = (loop.time() - arrived, exc.retry_after_s, admission.waiting)
+        await busy
+        return gave_up
+
+    waited, retry_after_s, still_waiting = run(admission, go)
+    assert waited == pytest.approx(0.4)
+    assert retry_after_s == pytest.approx(SCORING_S)  # one scoring in flight, as the model reads it
+    assert still_waiting == 0
+
+
+def test_with_the_waiting_room_full_an_arrival_is_refused_at_once_even_when_a_slot_would_fit_it():
+    # two slots; `tight` cannot share (two at once take 0.2 s, it has 0.15 s), so it takes the one
+    # waiting place; `roomy` would fit beside the first, but it arrives behind a full waiting room
+    admission = on_virtual_time(slots=2, max_waiting=1, initial_seconds=SCORING_S)
+
+    async def go():
+        server = SharedServer()
+        first = asyncio.create_task(request(admission, server, 10.0))
+        await asyncio.sleep(0)
+        tight = asyncio.create_task(request(admission, server, 0.15))
+        await asyncio.sleep(0.01)
+        waiting_when_roomy_came = admission.waiting
+        roomy = await request(admission, server, 10.0)
+        return waiting_when_roomy_came, roomy, await tight, await first
+
+    waiting, roomy, tight, first = run(admission, go)
+    assert waiting == 1
+    assert roomy == ("overloaded", 0.0)  # refused on arrival, not admitted ahead of the waiter
+    assert tight[0] == "overloaded" and tight[1] == pytest.approx(0.05)  # 0.15 - 0.1 to score alone
+    assert first[0] == "answered"

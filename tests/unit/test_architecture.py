@@ -34,3 +34,15 @@ def test_a_gateway_module_importing_training_breaks_the_contract(tmp_path: Path)
     assert run.returncode != 0
     assert "service.gateway.reranker -> training.paths" in run.stdout
     assert "service.ranking.fusion -> service.gateway.settings" in run.stdout
+
+
+def test_an_import_circle_in_training_breaks_the_contract(tmp_path: Path):
+    for name in ("service", "training", ".importlinter"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
+    # engine_runs sits below evaluate (which reads its records); importing upward closes a circle.
+    runs = tmp_path / "training" / "engine_runs.py"
+    runs.write_text(runs.read_text() + "\nfrom training.evaluate import markdown  # noqa\n")
+    run = lint(tmp_path)
+    assert run.returncode != 0
+    assert "No import circle between the training package's modules at any depth BROKEN" in " ".join(run.stdout.split())

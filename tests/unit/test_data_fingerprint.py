@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CACHE, synthetic_dataset
+from training.backbone_training import train_backbone
 from training.data import DataError, leave_one_out
 from training.data.fingerprint import dataset_fingerprint, split_fingerprint
 from training.evaluate import EvalRequest, run_eval
 from training.paths import Paths
-from training.pipeline import TuneRequest, train_backbone
+from training.pipeline import TuneRequest
 from training.tune import PROFILES
 
 

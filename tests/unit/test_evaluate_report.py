@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from training.evaluate import Record, metric_rows, moves, paired_rows, target_rank
+from training.engine_runs import Record, target_rank
+from training.evaluate import metric_rows, moves, paired_rows
 
 
 def record(items, target):
@@ -121,7 +122,7 @@ def test_eval_reads_the_history_the_gateway_serves_at_test_time(fusion_split, tm
 
 
 def test_orders_without_other_backbones_leave_out_the_rank_mean():
-    from training.evaluate import method_orders
+    from training.engine_runs import method_orders
 
     rec = record([10, 11, 12], target=12)
     rec.utilities = {"pointwise": [0.0, 1.0, 2.0]}
@@ -150,7 +151,7 @@ def test_users_whose_item_is_not_a_candidate_are_not_sent_to_the_llm_and_every_n
     import asyncio
 
     from service.ranking.prompts import PromptConfig
-    from training.evaluate import _run_engine, method_orders
+    from training.engine_runs import _run_engine, method_orders
 
     split, m, rng = fusion_split, 5, np.random.default_rng(3)
     users = split.evaluated_users()[:60]

@@ -89,5 +89,23 @@ def test_the_gateway_refuses_a_policy_fitted_on_other_data_or_missing_its_model(
         load_policy_runtime(policy_dir(root / "model", "lightgcn"), root / "backbones", users, items, "other")
 
 
+def test_the_gateway_refuses_a_learned_policy_that_names_no_model_file(tmp_path: Path):
+    root, users, items = _policy_folder(tmp_path)
+    policy_file = policy_dir(root / "model", "lightgcn") / "policy.json"
+    policy_file.write_text(json.dumps({**json.loads(policy_file.read_text()), "fitted_models": {}}))
+    with pytest.raises(PolicyLoadError, match="policy.json: its fitted model files are missing"):
+        load_policy_runtime(policy_dir(root / "model", "lightgcn"), root / "backbones", users, items, "abc")
+
+
+def test_the_gateway_refuses_a_policy_whose_feature_backbone_was_not_exported_or_fits_another_catalogue(tmp_path: Path):
+    root, users, items = _policy_folder(tmp_path)
+    with pytest.raises(PolicyLoadError, match="vectors for 6 users / 12 items"):
+        load_policy_runtime(policy_dir(root / "model", "lightgcn"), root / "backbones", users, [*items, "i12"], "abc")
+    for file in (root / "backbones" / "mf").iterdir():
+        file.unlink()
+    with pytest.raises(PolicyLoadError, match="backbones/mf: no readable backbone config"):
+        load_policy_runtime(policy_dir(root / "model", "lightgcn"), root / "backbones", users, items, "abc")
+
+
 def test_a_model_without_a_policy_serves_the_hybrid_by_default(tmp_path: Path):
     assert load_policy_runtime(tmp_path / "model", tmp_path, [], [], "abc") is None

@@ -18,7 +18,6 @@ from service.ranking.fusion import (
     feature_matrix,
     fuse,
     hybrid_scores,
-    hybrid_scores_of,
     minmax_normalise,
     prior_scores_of,
     rank_by,
@@ -88,8 +87,9 @@ def test_fuse_ranks_by_the_hybrid_of_the_tasks_that_answered():
     point, lst = np.array([4.0, 2.0, 5.0, 3.0]), np.array([0.0, 4.0, 3.0, 0.0])
     fused = fuse(4, {"pointwise": point, "listwise": lst})
     assert fused.method == "hybrid"
-    assert fused.scores.tolist() == hybrid_scores({"pointwise": point, "listwise": lst}).tolist()
-    assert fused.order == [2, 1, 0, 3]  # 1/3 * (1 + 0.75), (0 + 1), (2/3 + 0), (1/3 + 0)
+    # norm(point) = 2/3, 0, 1, 1/3; norm(lst) = 0, 1, 0.75, 0; weights 1/3 each
+    assert fused.scores.tolist() == pytest.approx([2 / 9, 1 / 3, 1.75 / 3, 1 / 9])
+    assert fused.order == [2, 1, 0, 3]
 
 
 def test_fuse_with_no_task_is_the_backbone_order_with_graded_relevance():
@@ -157,13 +157,13 @@ def test_feature_matrix_rejects_a_wrong_length_a_clashing_name_or_an_unknown_tas
 
 
 def test_the_trees_start_from_the_hybrid_ranking_as_evenly_spaced_scores():
-    rng = np.random.default_rng(8)
-    features = feature_matrix(6, {"pointwise": rng.uniform(1, 5, 6), "listwise": listwise_utility(6, [4, 2, 0])})
+    # norm(point) = 0, 1, 0.25, 0.75, 0.5, 0.375; listwise [4, 2, 0] -> 4, 0, 5, 0, 6, 0 -> norm 2/3, 0, 5/6, 0, 1, 0;
+    # summed: 0.667, 1, 1.083, 0.75, 1.5, 0.375, so the hybrid ranks 4, 2, 1, 3, 0, 5
+    features = feature_matrix(6, {"pointwise": np.array([1.0, 5.0, 2.0, 4.0, 3.0, 2.5]), "listwise": listwise_utility(6, [4, 2, 0])})
     prior = prior_scores_of(features, DEFAULT_WEIGHTS, 2.0)
-    assert rank_by(prior) == rank_by(hybrid_scores_of(features))
-    assert sorted(prior) == pytest.approx([0.0, 0.4, 0.8, 1.2, 1.6, 2.0])
+    assert prior.tolist() == pytest.approx([0.4, 1.2, 1.6, 0.8, 2.0, 0.0])  # 2.0 for the first, then steps of 2.0 / 5
     without_tasks = feature_matrix(6, backbone_scores=np.linspace(1, 0, 6))
-    assert rank_by(prior_scores_of(without_tasks, DEFAULT_WEIGHTS, 1.0)) == list(range(6))
+    assert prior_scores_of(without_tasks, DEFAULT_WEIGHTS, 1.0).tolist() == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.0])  # backbone order
 
 
 # -- the learned fusion as serving loads it ------------------------------------------------------------
@@ -189,24 +189,40 @@ def fitted() -> tuple[LearnedFusion, list[UserGroup]]:
     return fit_learned_fusion(groups, LearnedFusionConfig(n_estimators=20, learning_rate=0.1, guard=False)), groups
 
 
-def test_fuse_with_a_learned_fusion_serves_its_prediction_on_the_tasks_and_non_llm_inputs(fitted):
-    model, groups = fitted
-    features = groups[0].features
-    utilities = {t: features.column(t) for t in ("pointwise", "listwise")}
-    fused = fuse(6, utilities, learned=model, backbone_scores=features.column("backbone_score"))
+class PointwiseMinusRank(LearnedFusion):
+    """A learned fusion whose prediction is pointwise - backbone_rank, so the expected answer can be
+    worked out by hand; it keeps the features it was given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def predict(self, features):
+        self.seen.append(features)
+        return features.column("pointwise") - features.column(BACKBONE_RANK)
+
+
+def test_fuse_with_a_learned_fusion_serves_its_prediction_on_the_tasks_and_non_llm_inputs():
+    model = PointwiseMinusRank()
+    point, lst = np.array([4.0, 2.0, 5.0, 3.0]), np.array([0.0, 4.0, 3.0, 0.0])
+    fused = fuse(4, {"pointwise": point, "listwise": lst}, learned=model, backbone_scores=[0.9, 0.7, 0.4, 0.1], extra={"popularity": np.arange(4.0)})
     assert fused.method == "learned"
-    assert fused.scores.tolist() == model.predict(features).tolist()
-    assert fused.order == rank_by(model.predict(features))
+    assert fused.scores.tolist() == [4.0, 1.0, 3.0, 0.0]  # 4 - 0, 2 - 1, 5 - 2, 3 - 3
+    assert fused.order == [0, 2, 1, 3]
+    [features] = model.seen
+    assert features.names == ("pointwise", "pairwise", "listwise", "backbone_score", "backbone_rank", "popularity")
+    assert features.column("listwise").tolist() == [0.0, 4.0, 3.0, 0.0] and np.isnan(features.column("pairwise")).all()
+    assert features.column("backbone_score").tolist() == [0.9, 0.7, 0.4, 0.1]
 
 
 def test_a_learned_fusion_whose_fit_fell_back_serves_the_fallback(fitted):
     model, groups = fitted
-    features = groups[0].features
+    features = feature_matrix(4, {"pointwise": np.array([4.0, 2.0, 5.0, 3.0]), "listwise": np.array([0.0, 4.0, 3.0, 0.0])},
+                              backbone_scores=np.array([0.9, 0.7, 0.4, 0.1]))
     as_hybrid = LearnedFusion(model.booster_, model.feature_names_, fallback="hybrid")
     as_backbone = LearnedFusion(model.booster_, model.feature_names_, fallback="backbone")
-    assert as_hybrid.predict(features).tolist() == hybrid_scores_of(features).tolist()
-    assert as_backbone.predict(features).tolist() == [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]  # m - backbone_rank
-    assert rank_by(model.predict(features)) != list(range(6))  # the trees themselves are still there
+    assert as_hybrid.predict(features).tolist() == pytest.approx([2 / 9, 1 / 3, 1.75 / 3, 1 / 9])  # the hybrid, as in the case above
+    assert as_backbone.predict(features).tolist() == [4.0, 3.0, 2.0, 1.0]  # m - backbone_rank
+    assert rank_by(model.predict(groups[0].features)) != list(range(6))  # the trees themselves are still there
 
 
 def test_save_load_round_trip_gives_identical_predictions(fitted, tmp_path):

@@ -76,3 +76,27 @@ def test_a_model_tuned_on_other_data_stops_the_gateway_with_one_line_naming_both
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "was tuned on data 0123456789ab" in lines[0] and "DATASET=" in lines[0], run.stderr
     assert "Traceback" not in run.stderr + run.stdout
+
+
+def test_a_backbone_trained_on_other_data_stops_the_gateway_with_one_line_naming_both(tmp_path):
+    import json
+
+    from tests.conftest import synthetic_dataset
+    from training.data.fingerprint import dataset_fingerprint
+    from training.serving_export import write_serving_tables
+
+    data = synthetic_dataset(n_users=4, n_items=10, per_user=3)
+    backbone = tmp_path / "ml-100k" / "backbones" / "lightgcn"
+    backbone.mkdir(parents=True)
+    np.save(backbone / "item_vectors.npy", np.zeros((10, 2), dtype=np.float32))
+    (backbone / "metrics.json").write_text(json.dumps({"dataset_fingerprint": "fedcba9876543210"}))
+    write_serving_tables(data, tmp_path / "ml-100k" / "serving")
+    model = tmp_path / "ml-100k" / "model"
+    model.mkdir(parents=True)
+    (model / "manifest.json").write_text(json.dumps({"data_fingerprint": dataset_fingerprint(data)}))
+    env = {**os.environ, "RECRANKER_ARTIFACTS_DIR": str(tmp_path), "RECRANKER_BACKBONE": "lightgcn", "RECRANKER_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-m", "service.gateway"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{backbone} was trained on data fedcba987654" in lines[0] and dataset_fingerprint(data)[:12] in lines[0], run.stderr
+    assert "Traceback" not in run.stderr + run.stdout

@@ -28,11 +28,30 @@ USER = UserProfile(
 CANDS = [Candidate(f"Movie {i}", backbone_rank=i + 1) for i in range(10)]
 
 
-def test_same_inputs_give_the_same_prompt():
-    assert pointwise_prompt(USER, CANDS[0]) == pointwise_prompt(USER, CANDS[0])
-    a = listwise_prompt(USER, CANDS, shuffle_rng=random.Random(3))
-    b = listwise_prompt(USER, CANDS, shuffle_rng=random.Random(3))
-    assert a == b
+def test_a_pointwise_prompt_is_worded_exactly_as_the_model_was_tuned_on():
+    # the tuned model learned this wording: a change here must be a deliberate retune, not a drift
+    assert pointwise_prompt(USER, CANDS[0]).messages == [
+        {"role": "system", "content": "You are a movie recommender. From a user's history you judge which movies the user will enjoy. "
+                                      "Reply in exactly the format asked for, with nothing else."},
+        {"role": "user", "content": "# User\n"
+                                    "The user is a 30-year-old female writer.\n"
+                                    "Movies the user liked (rating out of 5): Toy Story (5); Heat (4); Babe (5)\n"
+                                    "Movies the user disliked: Striptease (1)\n"
+                                    "\n"
+                                    "## Question\n"
+                                    "How would the user rate the movie below? Answer with one digit from 1 to 5. "
+                                    "In brackets: its rank by a conventional recommender for this user.\n"
+                                    'Movie: "Movie 0" [#1]'},
+    ]
+
+
+def test_a_seeded_shuffle_fixes_the_order_and_the_hint_names_the_backbones_top_5_where_they_landed():
+    shuffled = listwise_prompt(USER, CANDS, shuffle_rng=random.Random(3))
+    assert shuffled.candidate_order == (8, 9, 6, 2, 3, 0, 4, 1, 7, 5)
+    text = shuffled.messages[1]["content"]
+    assert "liked (rating out of 5): Heat (4); Babe (5); Toy Story (5)\n" in text  # the history is shuffled by the same seed
+    assert text.endswith("Candidate movies:\nA. Movie 8\nB. Movie 9\nC. Movie 6\nD. Movie 2\nE. Movie 3\nF. Movie 0\nG. Movie 4\n"
+                         "H. Movie 1\nI. Movie 7\nJ. Movie 5\nA conventional recommender's top 5: F, H, D, E, G.")  # Movies 0-4
 
 
 def test_all_prompts_of_a_user_share_one_prefix_and_differ_only_at_the_end():

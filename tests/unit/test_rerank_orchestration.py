@@ -4,24 +4,28 @@ RankingEngine, the in-process cache, a scripted LLM. Each test is one orchestrat
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
+from aiotools import VirtualClock
+from starlette.requests import Request
 
 from service.backbones.feature_source import FeatureSource, LikedItem
 from service.backbones.scorers import EmbeddingScorer
 from service.gateway.admission import LLMAdmission
 from service.gateway.cache import MemoryCache
-from service.gateway.errors import status_of
+from service.gateway.errors import rejected_handler, status_of
 from service.gateway.history import HistoryCache, ScoreCache, history_fingerprint
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.policy_runtime import PolicyRuntime
-from service.gateway.rejections import InvalidInput, Rejected, UnknownEntity
-from service.gateway.reranker import RerankService
+from service.gateway.rejections import AtCapacity, InvalidInput, Rejected, Unavailable, UnknownEntity
+from service.gateway.reranker import FUSION_RESERVE_S, RerankService
 from service.gateway.retrieval import EmbeddedRetriever
 from service.gateway.schemas import RerankRequest
 from service.gateway.settings import GatewaySettings
 from service.gateway.store import InteractionStore
+from service.gateway.warmup import warm_up
 from service.ranking.engine import EngineConfig, RankingEngine
 from service.ranking.fusion import LearnedFusion, feature_matrix, fuse
 from service.ranking.policy import ServingPolicy
@@ -68,13 +72,37 @@ def parts(tmp_path):
     return store, retriever
 
 
-def service_with(parts, llm, policy: PolicyRuntime | None = None, **settings) -> RerankService:
+def service_with(parts, llm, policy: PolicyRuntime | None = None, clock: VirtualClock | None = None, initial_seconds: float = 0.05,
+                 **settings) -> RerankService:
+    """The service on these parts; with `clock`, the request's deadline and the admission run on
+    its virtual time (`on_virtual_time`)."""
     store, retriever = parts
     cfg = GatewaySettings(_env_file=None, dataset="synthetic", default_deadline_ms=2000, **settings)
     cache = MemoryCache()
+    timing = {"clock": clock.virtual_time} if clock else {}
     return RerankService(settings=cfg, store=store, histories=HistoryCache(cache, store, "t", "synthetic", 60), scores=ScoreCache(cache, "t", "synthetic", 60),
                          retriever=retriever, engine=RankingEngine(llm, EngineConfig()), metrics=GatewayMetrics(), model_name="m",
-                         policy=policy, admission=LLMAdmission(cfg.llm_slots, cfg.llm_max_waiting, initial_seconds=0.05))
+                         policy=policy, admission=LLMAdmission(cfg.llm_slots, cfg.llm_max_waiting, initial_seconds=initial_seconds, **timing), **timing)
+
+
+def on_virtual_time(clock: VirtualClock, make_coro):
+    """Runs `make_coro()` with the event loop on `clock`: sleeps and timeouts return at once and
+    advance it by exactly their length, so the times below are exact on any machine."""
+
+    async def go():
+        with clock.patch_loop():
+            return await make_coro()
+
+    return asyncio.run(go())
+
+
+async def answered_at(service: RerankService, **body) -> tuple[object, float]:
+    """(the answer, or the refusal raised, and the loop time it came at)."""
+    try:
+        out = await service.rerank(RerankRequest(**body), "rid")
+    except Rejected as exc:
+        out = exc
+    return out, asyncio.get_running_loop().time()
 
 
 class RecordingFusion(LearnedFusion):
@@ -116,10 +144,13 @@ def test_all_tasks_answered_give_a_full_non_degraded_answer(parts):
     assert not out.degraded and out.tasks_used == ["listwise", "pairwise", "pointwise"] and len(out.results) == 6
 
 
-def test_a_task_past_the_deadline_is_dropped_and_the_rest_are_fused(parts):
-    out = rerank(service_with(parts, ScriptedLLM(hanging=("pairwise",))), deadline_ms=500)
+def test_a_task_past_the_deadline_is_dropped_and_the_rest_are_fused_in_time(parts):
+    clock = VirtualClock()
+    service = service_with(parts, ScriptedLLM(hanging=("pairwise",)), clock=clock)
+    out, at = on_virtual_time(clock, lambda: answered_at(service, user_id="1", m=6, k=6, deadline_ms=500))
     assert out.degraded and out.degraded_reasons == ["llm_deadline"]
     assert out.tasks_used == ["listwise", "pointwise"]
+    assert at == pytest.approx(0.5 - FUSION_RESERVE_S)  # the LLM's share of the deadline, the rest kept for fusion and the reply
 
 
 def test_an_llm_error_drops_its_task_and_with_none_left_the_answer_is_the_backbone_order(parts):
@@ -186,14 +217,66 @@ def test_a_learned_fusion_whose_fit_fell_back_serves_its_fallback_without_degrad
     assert [r.index for r in out.results] == list(range(6))
 
 
-def test_requests_beyond_the_llm_slots_are_answered_at_once_as_overloaded(parts):
-    service = service_with(parts, ScriptedLLM(delay_s=0.3), llm_slots=1, llm_max_waiting=0)
+def test_at_overload_the_capacity_is_answered_in_full_within_the_deadline_and_the_rest_at_once(parts):
+    # one slot and one waiting place; each scoring takes 0.4 s and the deadline is 2.5 s
+    clock = VirtualClock()
+    service = service_with(parts, ScriptedLLM(delay_s=0.4), clock=clock, llm_slots=1, llm_max_waiting=1)
+    ask = {"m": 4, "k": 4, "tasks": ["listwise"], "use_cache": False, "deadline_ms": 2500}
+    outs = on_virtual_time(clock, lambda: asyncio.gather(*(answered_at(service, user_id=str(u), **ask) for u in range(8))))
+    full = [(round(t, 6), o) for o, t in outs if not o.degraded]
+    shed = [(t, o) for o, t in outs if o.degraded]
+    assert [t for t, _ in sorted(full, key=lambda x: x[0])] == [0.4, 0.8]  # the slot, then the waiter
+    assert all(o.tasks_used == ["listwise"] for _, o in full)
+    assert len(shed) == 6 and all(t == 0.0 for t, _ in shed)  # told at once, not at the deadline
+    assert all(o.degraded_reasons == ["overloaded"] and [r.index for r in o.results] == [0, 1, 2, 3] for _, o in shed)
 
-    async def two():
-        return await asyncio.gather(*(service.rerank(RerankRequest(user_id=u, m=4, k=4, tasks=["listwise"], use_cache=False), u) for u in ("1", "2")))
 
-    outs = asyncio.run(two())
-    assert sorted(o.degraded_reasons for o in outs) == [[], ["overloaded"]]
+def test_with_reject_an_overloaded_request_gets_a_429_whose_retry_after_is_the_admissions_estimate_rounded_up(parts):
+    # nothing has finished yet, so the estimate is the initial 1.5 s for the one in flight: Retry-After 2
+    clock = VirtualClock()
+    service = service_with(parts, ScriptedLLM(delay_s=0.4), clock=clock, initial_seconds=1.5, llm_slots=1, llm_max_waiting=0,
+                           overload_response="reject")
+    ask = {"m": 4, "k": 4, "tasks": ["listwise"], "use_cache": False, "deadline_ms": 2500}
+    outs = on_virtual_time(clock, lambda: asyncio.gather(*(answered_at(service, user_id=u, **ask) for u in ("1", "2"))))
+    [(refused, at)] = [(o, t) for o, t in outs if isinstance(o, Rejected)]
+    assert at == 0.0 and refused.code == "overloaded" and refused.retry_after_s == 1.5
+    reply = asyncio.run(rejected_handler(Request({"type": "http", "headers": [], "state": {"request_id": "rid"}}), refused))
+    assert reply.status_code == 429 and reply.headers["retry-after"] == "2"
+    assert json.loads(reply.body)["error"] == {"code": "overloaded", "message": "the LLM is at capacity; retry", "details": {"retry_after_s": 1.5}}
+
+
+@pytest.mark.parametrize(("retry_after_s", "header"), [(0.05, "1"), (1.0, "1"), (1.01, "2"), (2.4, "3")])
+def test_retry_after_is_the_refusals_estimate_in_whole_seconds_rounded_up_and_never_zero(retry_after_s, header):
+    refused = AtCapacity("overloaded", "busy", retry_after_s=retry_after_s)
+    reply = asyncio.run(rejected_handler(Request({"type": "http", "headers": [], "state": {}}), refused))
+    assert reply.headers["retry-after"] == header
+
+
+class HangingRetriever:
+    """A retrieval backbone that never answers."""
+
+    def __init__(self):
+        self.asked = 0
+
+    async def top_m(self, user_id, m, exclude):
+        self.asked += 1
+        await asyncio.Event().wait()
+
+
+def test_rerank_without_candidates_is_a_503_when_retrieval_does_not_answer_within_the_deadline(parts):
+    clock = VirtualClock()
+    service = service_with(parts, ScriptedLLM(), clock=clock)
+    service.retriever = HangingRetriever()
+    out, at = on_virtual_time(clock, lambda: answered_at(service, user_id="1", m=4, tasks=[], deadline_ms=300))
+    assert isinstance(out, Unavailable) and out.code == "retrieval_unavailable" and status_of(out) == 503
+    assert at == pytest.approx(0.3)  # given up at the request's deadline
+
+
+def test_rerank_with_candidates_never_waits_for_retrieval(parts):
+    service = service_with(parts, ScriptedLLM())
+    service.retriever = hanging = HangingRetriever()
+    out = rerank(service, candidates=["3", "1", "2"], tasks=[], k=3)
+    assert [r.item_id for r in out.results] == ["3", "1", "2"] and hanging.asked == 0
 
 
 def test_limits_are_domain_errors_with_a_code_and_the_edge_alone_picks_the_status(parts):
@@ -277,3 +360,41 @@ def test_the_features_read_the_live_history_so_an_event_moves_the_sequence_featu
     store.append("1", "29", 5.0, 10**10)
     rerank(service)
     assert seen[-1] == [*liked, "29"]
+
+
+# -- the LLM warm-up before /readyz says ok -------------------------------------------------------------
+
+
+class RecoveringLLM(ScriptedLLM):
+    """Refuses connections until the loop's clock reaches `up_at`, then answers healthily."""
+
+    def __init__(self, up_at: float):
+        super().__init__()
+        self.up_at = up_at
+
+    async def next_token_logprobs(self, messages):
+        if asyncio.get_running_loop().time() < self.up_at:
+            raise ConnectionError("the LLM server is not listening yet")
+        return await super().next_token_logprobs(messages)
+
+
+def test_the_warm_up_gives_up_on_an_llm_that_never_answers_when_its_time_is_up(parts):
+    clock = VirtualClock()
+    service = service_with(parts, ScriptedLLM(hanging=("pointwise", "pairwise", "listwise")), clock=clock)
+    result, at = on_virtual_time(clock, lambda: timed(warm_up(service, users=2, deadline_s=5.0, give_up_s=1.0, clock=clock.virtual_time)))
+    assert at == pytest.approx(1.0) and result.seconds == pytest.approx(1.0)
+    assert (result.users_answered, result.attempts) == (0, 1)
+
+
+def test_the_warm_up_retries_a_down_llm_every_retry_interval_until_it_answers(parts):
+    # down until t = 3: tries at 0 and 2 fail, the third at 4 answers, then the second user at once
+    clock = VirtualClock()
+    service = service_with(parts, RecoveringLLM(up_at=3.0), clock=clock)
+    result, at = on_virtual_time(clock, lambda: timed(warm_up(service, users=2, deadline_s=5.0, give_up_s=30.0, retry_s=2.0, clock=clock.virtual_time)))
+    assert (result.users_answered, result.attempts) == (2, 4)
+    assert at == pytest.approx(4.0)
+
+
+async def timed(coro):
+    result = await coro
+    return result, asyncio.get_running_loop().time()

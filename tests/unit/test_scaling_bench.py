@@ -13,10 +13,13 @@ def test_bench_writes_rows_for_every_backbone_and_size_and_the_machine(tmp_path,
     assert {(r["backbone"], r["interactions"]) for r in report["rows"]} == {(b, n) for b in ("pop", "mf") for n in (2000, 4000)}
     for row in report["rows"]:
         assert set(ROW_FIELDS) <= set(row)
-        assert row["seconds_per_epoch"] >= 0 and row["train_seconds"] >= 0 and row["peak_rss_mb"] > 50
+        assert row["peak_rss_mb"] > 50
+        # the training time covers every epoch and every validation check (each rounded in the row)
+        assert row["train_seconds"] >= row["epochs"] * row["seconds_per_epoch"] + row["eval_seconds"] - 0.02, row
     mf = {r["interactions"]: r for r in report["rows"] if r["backbone"] == "mf"}
     assert mf[2000]["mode"] == "1 epochs" and mf[2000]["epochs"] == 1
     assert mf[4000]["mode"] == "early stopping"  # the largest size trains in full
+    assert report["largest"] == {"interactions": 4000, "train_seconds_all": round(sum(r["train_seconds"] for r in report["rows"] if r["interactions"] == 4000), 1)}
     assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
     assert "| mf | 4,000 |" in (tmp_path / "scaling.md").read_text()
     assert "[4/4] mf on 4,000 ratings" in capsys.readouterr().out  # progress while it runs

@@ -8,10 +8,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tests.unit.test_quality_report import eval_report, manifest
-from training.evaluate import EvalRequest, Record, engine_cache_dir, stage_cache_name
+from training.engine_runs import EvalRequest, Record, engine_cache_dir, stage_cache_name
 from training.paths import Paths
-from training.quality_report import default_variant, update_quality_report
-from training.variant_pairs import compare_records, variant_pairs
+from training.quality_report import default_variant
+from training.variant_pairs import compare_records, update_quality_report, variant_pairs
 
 M = 4
 

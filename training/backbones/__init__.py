@@ -13,6 +13,8 @@ REGISTRY: dict[str, str] = {
     "lightgcn": "training.backbones.lightgcn:LightGCN",
     "sgl": "training.backbones.sgl:SGL",
     "sasrec": "training.backbones.sasrec:SASRec",
+    "sasrec_lm": "training.backbones.sasrec_lm:SASRecLM",
+    "sasrec_lm_shuffled": "training.backbones.sasrec_lm:SASRecLMShuffled",
     "bert4rec": "training.backbones.bert4rec:BERT4Rec",
     "cl4srec": "training.backbones.cl4srec:CL4SRec",
 }

@@ -1,0 +1,182 @@
+"""The tuned model's learning curve: the default recipe (`make tune`) at several sizes of the
+instruction set (the profile's user draws times 0.5, 1, 2, 4: more users' prefixes, honest hints as
+always), each tuned, exported and validated as `make tune` does. Per size, on the validation users:
+each task's NDCG@3 reranking LightGCN's top-10 (the serving-task validation), and what the task
+scores add to the learned ranker (held-out NDCG@3 of LambdaRank with the task utilities minus
+without, paired per user). Nothing here reads a test user.
+
+Stop rule (README): if the curve is flat from 1x to 4x, the tuned model's ranking tasks stay out of
+the default policy on CPU.
+-> reports/learning-curve-<dataset>.{json,md,png}
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+
+from service.llm.hardware import machine_description
+from service.ranking.fusion import feature_matrix
+from training.data import leave_one_out, load_dataset, require_held_out_users
+from training.engine_runs import EvalRequest, engine_cache_dir, relevant_index, sample_users, stage_cache_name, stage_records, utilities_of
+from training.fusion_selection import LearnedFusionConfig, UserGroup, cross_validate
+from training.paired_stats import paired_comparison
+from training.paths import Paths
+from training.pipeline import TuneRequest, run_tune
+from training.serving_policy import feature_source, record_inputs
+
+console = Console(soft_wrap=True)
+SCALES = (0.5, 1.0, 2.0, 4.0)
+TASK_ROWS = ("backbone", "pointwise", "pairwise", "listwise", "hybrid")
+
+
+def export_dir_for(paths: Paths, dataset: str, scale: float, profile: str = "cpu") -> Path:
+    """1x of the cpu profile is the default model (`make tune`'s); the other sizes get folders of their own."""
+    base = paths.artifacts / dataset / "model"
+    return base if scale == 1.0 and profile == "cpu" else base.with_name(f"model-{profile}-draws-x{scale:g}")
+
+
+def llm_gain(paths: Paths, split, export_dir: Path, backbone: str, seed: int = 2024) -> dict:
+    """Held-out NDCG@3 of the learned ranker with the task utilities and without, on the serving-task
+    validation's users (its cached engine outputs), and their paired difference."""
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    req = EvalRequest(dataset=split.dataset.name, valid_users=manifest["profile"].get("serving_validation_users", 0))
+    users = sample_users(split, req.valid_users, req.seed + 1)
+    cache = engine_cache_dir(paths, split.dataset.name, manifest["run_key"]) / stage_cache_name(backbone, "valid", req.ms[0], len(users), req.seed, req.score_every_user)
+    records = stage_records(cache, None)
+    source = feature_source(paths, split, tuple(dict.fromkeys(("mf", "lightgcn", "sasrec", backbone))))
+    inputs = [record_inputs(source, split, r, backbone) for r in records]
+    config = LearnedFusionConfig(guard=False, guard_k=3, seed=seed)
+    held_out = {}
+    for name, with_llm in (("learned_no_llm", False), ("learned", True)):
+        groups = [UserGroup.with_relevant(feature_matrix(r.m, utilities_of(r) if with_llm else None, backbone_scores=x.backbone_scores, extra=x.extra),
+                                          relevant_index(r)) for r, x in zip(records, inputs, strict=True)]
+        held_out[name] = cross_validate(groups, config, folds=5, k=3)[1]["learned"]
+    return {"learned": float(held_out["learned"].mean()), "learned_no_llm": float(held_out["learned_no_llm"].mean()),
+            "diff": paired_comparison(held_out["learned"], held_out["learned_no_llm"], n_boot=1000, seed=seed)}
+
+
+def curve_rows(paths: Paths, split, scale: float, export_dir: Path, minutes: float, backbone: str) -> list[dict]:
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    sv = manifest["serving_validation"]
+    common = {"scale": scale, "examples": manifest["instructions"]["train"], "steps": manifest.get("train_log", {}).get("steps"),
+              "tune_minutes": round(minutes, 1), "lora_minutes": round(manifest.get("tune_seconds", 0) / 60, 1),
+              "machine": manifest.get("machine") or machine_description(), "model_run_key": manifest["run_key"], "users": sv["users"]}
+    rows = [common | {"task": task, "valid_ndcg3": sv["NDCG@3"][task]} | ({"hybrid_vs_backbone": sv["hybrid_vs_backbone"]} if task == "hybrid" else {})
+            for task in TASK_ROWS if task in sv["NDCG@3"]]
+    gain = llm_gain(paths, split, export_dir, backbone)
+    rows.append(common | {"task": "learned_no_llm", "valid_ndcg3": gain["learned_no_llm"]})
+    rows.append(common | {"task": "learned (with the task scores)", "valid_ndcg3": gain["learned"], "vs_learned_no_llm": gain["diff"]})
+    return rows
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Learning curve of the tuned model ({report['dataset']})", "",
+             f"The default recipe at {', '.join(f'{s:g}x' for s in report['scales'])} the instruction examples; validation users only "
+             f"(NDCG@3 of LightGCN's top-10 reranked; the learned rows held out by 5-fold user-split cross-validation). "
+             f"Machine: {report['machine']}.", "",
+             "| size | examples | LoRA steps | tune min | " + " | ".join(TASK_ROWS) + " | learned_no_llm | learned with task scores (diff [95% CI]) |",
+             "|---|---:|---:|---:|" + "---:|" * (len(TASK_ROWS) + 2)]
+    for scale in report["scales"]:
+        rows = {r["task"]: r for r in report["rows"] if r["scale"] == scale}
+        if not rows:
+            continue
+        any_row = next(iter(rows.values()))
+        learned = rows.get("learned (with the task scores)")
+        d = learned["vs_learned_no_llm"] if learned else None
+        gain = f"{learned['valid_ndcg3']:.4f} ({d['diff']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}])" if learned else "—"
+        lines.append(f"| {scale:g}x | {any_row['examples']} | {any_row['steps']} | {any_row['tune_minutes']} | "
+                     + " | ".join(f"{rows[t]['valid_ndcg3']:.4f}" if t in rows else "—" for t in TASK_ROWS)
+                     + f" | {rows['learned_no_llm']['valid_ndcg3']:.4f} | {gain} |")
+    lines += ["", report.get("verdict", ""), ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for task in (*TASK_ROWS, "learned_no_llm", "learned (with the task scores)"):
+        pts = sorted((r["examples"], r["valid_ndcg3"]) for r in report["rows"] if r["task"] == task)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=task, ls="--" if task in ("backbone", "learned_no_llm") else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("instruction examples (log)")
+    ax.set_ylabel("validation NDCG@3")
+    ax.set_title(f"learning curve, {report['dataset']} (LightGCN top-10)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def verdict(report: dict) -> str:
+    """Flat from 1x to the largest size: no task and not the learned gain moved beyond its noise."""
+    by = {(r["scale"], r["task"]): r for r in report["rows"]}
+    top = max(report["scales"])
+    if 1.0 not in report["scales"] or top <= 1.0:
+        return "The curve has no size above 1x yet: no verdict."
+    gain_1, gain_top = by.get((1.0, "learned (with the task scores)")), by.get((top, "learned (with the task scores)"))
+    hybrid_top = by.get((top, "hybrid"))
+    moved = []
+    if gain_top and gain_top["vs_learned_no_llm"]["ci_low"] > 0:
+        moved.append(f"at {top:g}x the task scores add {gain_top['vs_learned_no_llm']['diff']:+.4f} to the learned ranker with the interval above 0")
+    if hybrid_top and hybrid_top["hybrid_vs_backbone"]["ci_low"] > 0:
+        moved.append(f"the hybrid beats the backbone at {top:g}x with the interval above 0")
+    if moved:
+        return "Not flat: " + "; ".join(moved) + "."
+    g1 = f"{gain_1['vs_learned_no_llm']['diff']:+.4f}" if gain_1 else "?"
+    gt = f"{gain_top['vs_learned_no_llm']['diff']:+.4f}" if gain_top else "?"
+    return (f"Flat from 1x to {top:g}x on the validation users: what the task scores add to the learned ranker goes from {g1} to {gt}, "
+            "neither interval above 0. By the stop rule the tuned model's ranking tasks stay out of the default policy on CPU.")
+
+
+def run(paths: Paths, dataset_name: str, data_path: Path | None, scales: Sequence[float], backbone: str = "lightgcn",
+        reports_dir: Path = Path("reports"), profile: str = "cpu") -> list[Path]:
+    dataset = load_dataset(dataset_name, data_path, cache_dir=paths.cache)
+    split = require_held_out_users(leave_one_out(dataset), data_path or dataset_name)
+    out_json = reports_dir / f"learning-curve-{dataset.name}.json"
+    report = json.loads(out_json.read_text()) if out_json.is_file() else {"dataset": dataset.name, "rows": []}
+    for scale in scales:
+        export_dir = export_dir_for(paths, dataset.name, scale, profile)
+        console.print(f"[bold]learning curve[/bold]: {scale:g}x the draws -> {export_dir}")
+        start = time.perf_counter()
+        run_tune(replace(TuneRequest(dataset=dataset_name, data_path=data_path, backbone=backbone, profile=profile), draws_scale=scale, export_dir=export_dir), paths)
+        minutes = (time.perf_counter() - start) / 60
+        report["rows"] = [r for r in report["rows"] if r["scale"] != scale] + curve_rows(paths, split, scale, export_dir, minutes, backbone)
+        report["scales"] = sorted({r["scale"] for r in report["rows"]})
+        report["machine"] = machine_description()
+        report["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        report["verdict"] = verdict(report)
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(report, indent=1))  # after every size: a long run shows its progress
+        out_json.with_suffix(".md").write_text(markdown(report))
+        plot(report, out_json.with_suffix(".png"))
+        console.print(out_json.with_suffix(".md").read_text())
+    return [out_json, out_json.with_suffix(".md"), out_json.with_suffix(".png")]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.learning_curve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--data-path", type=Path)
+    parser.add_argument("--scales", nargs="+", type=float, default=list(SCALES))
+    parser.add_argument("--profile", default="cpu", help="the tuning profile whose draws are scaled (cpu, gpu)")
+    args = parser.parse_args(argv)
+    run(Paths.from_env(), args.dataset, args.data_path, args.scales, profile=args.profile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
