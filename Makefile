@@ -96,7 +96,7 @@ ablate: $(PY)
 # first builds what is missing (data, backbone, tuned model) with `make tune`. Ctrl-C stops all of it.
 serve: $(PY)
 	@if [ -z "$$RECRANKER_MODEL_DIR" ] && [ ! -f $(ARTIFACTS)/$(DATASET_NAME)/model/manifest.json ]; then \
-	  echo "serve: no tuned model in $(ARTIFACTS)/$(DATASET_NAME)/model yet; building it first with make tune (about 36 min on 2 cores of an AVX512-BF16 EPYC, the serving policy included; longer on slower CPUs; progress below)"; \
+	  echo "serve: no tuned model in $(ARTIFACTS)/$(DATASET_NAME)/model yet; building it first with make tune (about 36 min on 2 cores of an AVX512-BF16 EPYC, the serving policy included; hours on an AVX2-only CPU, where LoRA runs in float32; progress below)"; \
 	  $(MAKE) --no-print-directory tune; fi
 	@if [ ! -f $(ARTIFACTS)/$(DATASET_NAME)/serving/meta.json ]; then $(MAKE) --no-print-directory data; fi
 	$(SERVE_ENV) $(PY) -m service.gateway.stack
