@@ -47,7 +47,7 @@ backbones: $(PY)
 SCALING_SIZES ?= 100000 250000 500000 1000000
 SCALING_EPOCHS ?= 3
 bench-scaling: $(PY)
-	$(PY) -m training.scaling_bench --sizes $(SCALING_SIZES) --backbones $(BACKBONES) --epochs-below $(SCALING_EPOCHS)
+	$(PY) -m training.backbones.scaling_bench --sizes $(SCALING_SIZES) --backbones $(BACKBONES) --epochs-below $(SCALING_EPOCHS)
 
 # data -> backbone -> sampling -> instructions -> LoRA -> merged export in artifacts/$(DATASET)/model.
 # PROFILE=gpu on a GPU host; a second run reuses every cached step.
@@ -77,14 +77,14 @@ variants: $(PY)
 # users once -> reports/lm-signals-$(DATASET).{json,md,png}. About 25 min on 2 AVX2 cores.
 LM_MODELS ?= smollm2-135m gemma-3-270m
 lm-signals: $(PY)
-	$(PY) -m training.lm_signals $(DATA_ARGS) --models $(LM_MODELS)
+	$(PY) -m training.evaluation.lm_signals $(DATA_ARGS) --models $(LM_MODELS)
 
 # The tuned model's learning curve: `make tune`'s recipe at 0.5x, 1x, 2x, 4x the instruction examples, each
 # validated as make tune does -> reports/learning-curve-$(DATASET).{json,md,png} (written after every size).
 # Hours on 2 CPU cores (the 4x run alone tunes ~640 LoRA steps); CURVE_SCALES picks the sizes.
 CURVE_SCALES ?= 0.5 1 2 4
 learning-curve: $(PY)
-	$(PY) -m training.learning_curve $(DATA_ARGS) --scales $(CURVE_SCALES) --profile $(PROFILE)
+	$(PY) -m training.evaluation.learning_curve $(DATA_ARGS) --scales $(CURVE_SCALES) --profile $(PROFILE)
 
 # Tuning ablations (uniform sampling, no enhancement, no position shifting), each a tuning run of
 # PROFILE -> reports/ablation-$(DATASET).{json,md}. About 20 min per variant on this CPU.
@@ -107,7 +107,7 @@ serve: $(PY)
 # `make tune` (and `make eval` for the hybrid run).
 REPLAY_RUNS ?= policy hybrid
 replay: $(PY)
-	$(PY) -m training.replay $(DATA_ARGS) --runs $(REPLAY_RUNS)
+	$(PY) -m training.evaluation.replay $(DATA_ARGS) --runs $(REPLAY_RUNS)
 
 # Load test from a second process against the stack `make serve` starts, plus the paper-style
 # baseline on the same model -> reports/bench.json. BENCH_COMPARE=<model folder> measures a second

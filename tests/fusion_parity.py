@@ -1,7 +1,7 @@
 """Fixed synthetic inputs of the fusion parity test (tests/unit/test_fusion_parity.py).
 
 `tests/unit/fixtures/fusion_parity.json` holds what the code before the one-fusion refactor (commit
-9c6e013: fusion in the engine, in the gateway and in training/evaluate.py, fitting in
+9c6e013: fusion in the engine, in the gateway and in training/evaluation/evaluate.py, fitting in
 service/ranking/fusion.py) computed from exactly these inputs; the test recomputes them through the
 code of today. Everything here is seeded: the same inputs on every run and machine.
 """
@@ -14,7 +14,7 @@ from service.backbones.feature_source import FeatureInputs
 from service.ranking.features import CandidateContext, non_llm_features
 from tests.conftest import synthetic_dataset
 from training.data.split import leave_one_out
-from training.engine_runs import Record
+from training.evaluation.engine_runs import Record
 
 M = 10
 VALID_USERS, TEST_USERS = 120, 60

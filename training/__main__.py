@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from service.ranking.prompts import ITEM_TOKEN_MODES
-from training.backbone_training import train_backbone
+from training.backbones.training import train_backbone
 from training.data import LOADERS, DataError, leave_one_out, load_dataset, require_held_out_users
-from training.item_tokens import VECTOR_KINDS
+from training.data.serving_export import write_serving_tables
+from training.evaluation.quality_report import VARIANTS
 from training.paths import Paths
-from training.quality_report import VARIANTS
-from training.serving_export import write_serving_tables
+from training.tuning.item_tokens import VECTOR_KINDS
 
 console = Console(soft_wrap=True)
 
@@ -115,7 +115,8 @@ def cmd_backbones(args, paths: Paths) -> int:
 
 
 def cmd_tune(args, paths: Paths) -> int:
-    from training.pipeline import TuneRequest, run_tune
+    from training.evaluation.workflow import run_tune
+    from training.tuning.pipeline import TuneRequest
 
     req = TuneRequest(
         dataset=args.dataset,
@@ -141,9 +142,10 @@ def cmd_variants(args, paths: Paths) -> int:
     rows meet in reports/quality-<dataset>.*. Cached steps are reused, so a rerun only fills gaps."""
     from dataclasses import replace
 
-    from training.evaluate import EvalRequest, run_eval
-    from training.pipeline import TuneRequest, run_tune
-    from training.quality_report import variant_export_dir
+    from training.evaluation.evaluate import EvalRequest, run_eval
+    from training.evaluation.quality_report import variant_export_dir
+    from training.evaluation.workflow import run_tune
+    from training.tuning.pipeline import TuneRequest
 
     base = TuneRequest(dataset=args.dataset, backbone=args.backbone, profile=args.profile)
     for variant in args.variants:
@@ -157,8 +159,8 @@ def cmd_variants(args, paths: Paths) -> int:
 def cmd_ablate(args, paths: Paths) -> int:
     import json
 
-    from training.ablation import ablation_markdown, ablation_report, run_ablation
-    from training.pipeline import TuneRequest
+    from training.evaluation.ablation import ablation_markdown, ablation_report, run_ablation
+    from training.tuning.pipeline import TuneRequest
 
     base = TuneRequest(dataset=args.dataset, data_path=args.data_path, backbone=args.backbone, profile=args.profile)
     report = ablation_report(run_ablation(base, paths, args.variants))
@@ -172,7 +174,7 @@ def cmd_ablate(args, paths: Paths) -> int:
 
 
 def cmd_eval(args, paths: Paths) -> int:
-    from training.evaluate import EvalRequest, run_eval
+    from training.evaluation.evaluate import EvalRequest, run_eval
 
     req = EvalRequest(
         dataset=args.dataset,

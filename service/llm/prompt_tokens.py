@@ -5,7 +5,7 @@ smaller size). A task's prompts share the user block and the question's first li
 mid-block, so every prompt after the first recomputed up to 31 shared tokens on top of its own tail.
 Newline tokens after each shared part, up to the next block boundary, leave each later prompt only
 its own tail to compute: 1,012 prompt tokens per user instead of 1,145 (m=10, 10 liked / 3 disliked
-items; `python -m training.token_table`), and vLLM's own counters agree (a test checks them).
+items; `python -m training.evaluation.token_table`), and vLLM's own counters agree (a test checks them).
 
 The model reads those newlines, so it is tuned on the same layout: training encodes its prompts here
 too, and the prompt config the model's manifest records says which block size it learned

@@ -4,7 +4,7 @@ same with the token ids padded to KV blocks (`service.llm.prompt_tokens`, what t
 for a model tuned on that layout). Speed does not depend on the weights: any model folder works.
 
 Also prints the prompt tokens vLLM computed per user (prefix-cache queries minus hits), which
-shows whether prefix caching reuses what `training.evaluate.prompt_token_cost` says it can.
+shows whether prefix caching reuses what `training.evaluation.evaluate.prompt_token_cost` says it can.
 Usage: `.venv/bin/python -m service.loadtest.batch_probe [--model artifacts/ml-100k/model]`.
 Needs the training extra (transformers renders the chat template).
 """

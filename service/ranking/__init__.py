@@ -4,5 +4,5 @@ engine that runs the tasks (`engine`), their utilities (`utilities`), the learne
 
 No web framework and no HTTP here (the engine sees the LLM through a small protocol), and no I/O
 except `LearnedFusion.save` / `load`, so every caller runs the very same code. Fitting and
-selecting a fusion is offline work: `training/fusion_selection.py`.
+selecting a fusion is offline work: `training/evaluation/fusion_selection.py`.
 """

@@ -9,7 +9,7 @@ Two methods:
   plus  a_backbone * norm(m - rank)  when the weights name a backbone prior (`BACKBONE`);
 - learned: a LightGBM LambdaRank model over the task utilities, the backbone's score and rank and the
   non-LLM features (`service.ranking.features`), boosted from the hybrid's ranking. It is fitted and
-  guarded offline (`training/fusion_selection.py`); serving loads it, predicts, and applies the
+  guarded offline (`training/evaluation/fusion_selection.py`); serving loads it, predicts, and applies the
   fallback (the hybrid or the backbone order) that its fit decided.
 With no task utilities and no learned model, the fused ranking is the backbone order.
 
@@ -74,7 +74,7 @@ def backbone_order_scores(m: int) -> np.ndarray:
 def hybrid_scores(utilities: Mapping[str, np.ndarray], weights: Mapping[str, float] | None = None) -> np.ndarray:
     """U(i) = sum over the tasks t in `utilities` of a_t * norm(U_t)(i), norm = `minmax_normalise`,
     plus a_backbone * norm(m - i) when `weights` has a `BACKBONE` entry (a prior for the backbone's
-    order; `training.fusion_selection.select_hybrid_weights` tunes it).
+    order; `training.evaluation.fusion_selection.select_hybrid_weights` tunes it).
 
     Only the tasks present are summed (a subset such as pointwise + listwise is fine); `weights`
     (default 1/3 each, as in the paper's figure) may name tasks that are absent, but every task
@@ -208,7 +208,7 @@ class LearnedFusion:
 
     `fallback_` is what its fit decided to serve instead of the trees ("hybrid", "backbone", or None
     for the model itself) when cross-validation did not show them clearly better
-    (`training.fusion_selection.fit_learned_fusion`); `predict` applies it. `fit_details_` keeps how
+    (`training.evaluation.fusion_selection.fit_learned_fusion`); `predict` applies it. `fit_details_` keeps how
     it was fitted (the training config, the guard's cross-validation) for inspection: saved and
     loaded as it is, never read to predict. Learned state lives in attributes ending in `_`.
     """

@@ -1,6 +1,6 @@
 """The serving policy: which ranking `/rerank` serves by default, chosen on validation users.
 
-`make tune` (after its serving-task validation) and `make eval` fit it (`training.serving_policy`);
+`make tune` (after its serving-task validation) and `make eval` fit it (`training.evaluation.serving_policy`);
 the gateway loads it. Methods, cheapest first (what a request costs on top of retrieval):
 
   backbone         the candidates' order                                   nothing

@@ -6,7 +6,7 @@ Two kinds, both computed per request from the user's liked items as of now:
   and its highest cosine to any of the last `RECENT_LIKES` likes;
 - an item-item model (`ItemItemScorer`): a candidate's score is the sum of the weights from each
   liked item to it, the weights an EASE-style closed form fitted offline (in the text-regularised
-  form, pulled towards the text similarities; `training.lm_signals`).
+  form, pulled towards the text similarities; `training.evaluation.lm_signals`).
 Candidates or likes outside the table get NaN features or add nothing.
 """
 

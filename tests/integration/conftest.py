@@ -12,9 +12,10 @@ import pytest
 
 from service.llm.vllm_server import VLLMServer
 from tests.conftest import CACHE
+from training.data.serving_export import write_serving_tables
+from training.evaluation.workflow import run_tune
 from training.paths import Paths
-from training.pipeline import TuneRequest, run_tune
-from training.serving_export import write_serving_tables
+from training.tuning.pipeline import TuneRequest
 
 TINY = TuneRequest(backbone="pop", profile="tiny", sampling="uniform", hints="honest")  # the honest path is the one with more moving parts
 

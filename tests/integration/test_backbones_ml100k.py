@@ -13,7 +13,7 @@ import torch
 from tests.conftest import CACHE
 from training.backbones import REGISTRY, get_backbone
 from training.paths import Paths
-from training.pipeline import train_backbone
+from training.tuning.pipeline import train_backbone
 
 # Enough to separate each from popularity by a wide margin on test NDCG@10 (0.068 MF, 0.086 SASRec,
 # 0.049 popularity), far short of the early-stopped defaults.

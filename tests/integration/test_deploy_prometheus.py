@@ -34,9 +34,9 @@ from tests.deploy.metricnames import (
     promql_metric_names,
     sample_labels,
 )
-from training.backbone_training import train_backbone
+from training.backbones.training import train_backbone
+from training.data.serving_export import write_serving_tables
 from training.paths import Paths
-from training.serving_export import write_serving_tables
 
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 USER = "1"  # an ML-100K user

@@ -124,7 +124,7 @@ def test_block_layout_leaves_each_later_prompt_of_a_task_only_its_tail_to_comput
     from service.llm.vllm_server import KV_BLOCK_TOKENS
     from service.loadtest.llm_counters import parse_counters
     from service.ranking.prompts import pointwise_prompt
-    from training.evaluate import prompt_token_cost
+    from training.evaluation.evaluate import prompt_token_cost
 
     def counters():  # the bench's reading of the same counters (service.loadtest.llm_counters)
         return parse_counters(httpx.get(f"{vllm_tiny.base_url}/metrics", timeout=10).text)

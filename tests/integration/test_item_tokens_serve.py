@@ -21,8 +21,8 @@ from service.ranking.item_tokens import ItemTokenTable, prompt_config_of_model
 from service.ranking.prompts import Candidate, RatedItem, UserProfile
 from service.ranking.tasks import TASKS
 from tests.conftest import CACHE
-from training.instructions import read_jsonl
-from training.quality_report import variant_of
+from training.evaluation.quality_report import variant_of
+from training.tuning.instructions import read_jsonl
 
 LATE = Candidate("A Film Added After The Export (2031)", item_id="99999")  # in no token table
 

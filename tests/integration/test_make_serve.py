@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CACHE
-from training.backbone_training import train_backbone
+from training.backbones.training import train_backbone
 from training.data import leave_one_out, load_dataset
 from training.data.fingerprint import dataset_fingerprint
 from training.data.synthetic import synthetic_movielens, write_grouplens_1m

@@ -9,8 +9,8 @@ import shutil
 
 from service.ranking.policy import ServingPolicy
 from tests.conftest import CACHE
+from training.evaluation.replay import ReplayRequest, run_replay
 from training.paths import Paths
-from training.replay import ReplayRequest, run_replay
 
 
 def test_replayed_answers_are_the_offline_orders_of_the_policys_method(tiny_export, tiny_artifacts, tmp_path):

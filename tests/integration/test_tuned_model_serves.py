@@ -13,9 +13,9 @@ from service.llm.prompt_tokens import PromptEncoder
 from service.ranking.scoring import expected_rating
 from tests.conftest import CACHE
 from tests.integration.conftest import TINY
-from training.instructions import read_jsonl
+from training.evaluation.workflow import run_tune
 from training.paths import Paths
-from training.pipeline import run_tune
+from training.tuning.instructions import read_jsonl
 
 
 def test_export_is_a_complete_model_folder_with_a_manifest(tiny_export):
@@ -42,11 +42,11 @@ def test_the_manifest_reports_the_serving_task_on_validation_users(tiny_export):
 
 
 def test_eval_reports_every_method_paired_with_the_backbone_and_updates_the_quality_table(tiny_export, tiny_artifacts, tmp_path):
-    from training.evaluate import EvalRequest, run_eval
+    from training.evaluation.evaluate import EvalRequest, run_eval
 
     req = EvalRequest(backbones=("pop",), feature_backbones=("pop",), test_users=24, valid_users=24, model_dir=tiny_export, reports_dir=tmp_path, dtype="float32", bootstrap=200)
     run_eval(req, Paths(cache=CACHE, artifacts=tiny_artifacts))
-    from training.quality_report import default_variant
+    from training.evaluation.quality_report import default_variant
 
     # The default variant's report has the plain name; any other carries its variant in the name.
     stem = "eval-ml-100k-pop" if default_variant() == "honest_hints" else "eval-ml-100k-honest_hints-pop"
@@ -92,7 +92,7 @@ def test_vllm_serves_the_export_and_answers_a_pointwise_prompt_with_a_digit(tiny
 
 def test_prefix_reuse_cuts_the_prompt_tokens_of_a_request(tiny_export):
     from service.ranking.prompts import Candidate, RatedItem, UserProfile, listwise_prompt, pairwise_prompt, pointwise_prompt
-    from training.evaluate import prompt_token_cost
+    from training.evaluation.evaluate import prompt_token_cost
 
     user = UserProfile(liked=[RatedItem(f"Liked film {i}", 5) for i in range(10)], disliked=[RatedItem("Bad film", 1)])
     cands = [Candidate(f"Candidate {i}", i + 1) for i in range(20)]

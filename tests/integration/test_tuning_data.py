@@ -7,8 +7,8 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from tests.conftest import CACHE
-from training.base_model import ensure_base_model
-from training.tune import encode_example, last_checkpoint
+from training.tuning.base_model import ensure_base_model
+from training.tuning.tune import encode_example, last_checkpoint
 
 ROW = {
     "prompt": [

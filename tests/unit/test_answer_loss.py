@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from training.answer_loss import answer_loss_sum
+from training.tuning.answer_loss import answer_loss_sum
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:

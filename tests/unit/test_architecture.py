@@ -16,6 +16,13 @@ def lint(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(LINT, cwd=root, capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(root), "PATH": ""})
 
 
+def copy_of_the_code(tmp_path: Path) -> None:
+    """service/, training/ and the contracts, copied to break one of them without touching the tree."""
+    for name in ("service", "training", ".importlinter"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
+
+
 def test_the_import_contracts_hold_on_this_tree():
     run = lint(REPO)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -23,9 +30,7 @@ def test_the_import_contracts_hold_on_this_tree():
 
 
 def test_a_gateway_module_importing_training_breaks_the_contract(tmp_path: Path):
-    for name in ("service", "training", ".importlinter"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
+    copy_of_the_code(tmp_path)
     reranker = tmp_path / "service" / "gateway" / "reranker.py"
     reranker.write_text(reranker.read_text() + "\nfrom training.paths import Paths  # noqa\n")
     scorers = tmp_path / "service" / "ranking" / "fusion.py"
@@ -37,12 +42,20 @@ def test_a_gateway_module_importing_training_breaks_the_contract(tmp_path: Path)
 
 
 def test_an_import_circle_in_training_breaks_the_contract(tmp_path: Path):
-    for name in ("service", "training", ".importlinter"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
+    copy_of_the_code(tmp_path)
     # engine_runs sits below evaluate (which reads its records); importing upward closes a circle.
-    runs = tmp_path / "training" / "engine_runs.py"
-    runs.write_text(runs.read_text() + "\nfrom training.evaluate import markdown  # noqa\n")
+    runs = tmp_path / "training" / "evaluation" / "engine_runs.py"
+    runs.write_text(runs.read_text() + "\nfrom training.evaluation.evaluate import markdown  # noqa\n")
     run = lint(tmp_path)
     assert run.returncode != 0
     assert "No import circle between the training package's modules at any depth BROKEN" in " ".join(run.stdout.split())
+
+
+def test_a_stage_importing_a_later_stage_breaks_the_contract(tmp_path: Path):
+    copy_of_the_code(tmp_path)
+    # The tuning stage reading the evaluation stage (as the tuning pipeline once did for its validation).
+    pipeline = tmp_path / "training" / "tuning" / "pipeline.py"
+    pipeline.write_text(pipeline.read_text() + "\nfrom training.evaluation.engine_runs import EvalRequest  # noqa\n")
+    run = lint(tmp_path)
+    assert run.returncode != 0
+    assert "training.tuning.pipeline -> training.evaluation.engine_runs" in run.stdout

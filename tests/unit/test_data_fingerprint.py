@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CACHE, synthetic_dataset
-from training.backbone_training import train_backbone
+from training.backbones.training import train_backbone
 from training.data import DataError, leave_one_out
 from training.data.fingerprint import dataset_fingerprint, split_fingerprint
-from training.evaluate import EvalRequest, run_eval
+from training.evaluation.evaluate import EvalRequest, run_eval
 from training.paths import Paths
-from training.pipeline import TuneRequest
-from training.tune import PROFILES
+from training.tuning.pipeline import TuneRequest
+from training.tuning.tune import PROFILES
 
 
 def test_same_content_same_fingerprint_and_any_changed_rating_changes_it():

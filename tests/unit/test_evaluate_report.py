@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from training.engine_runs import Record, target_rank
-from training.evaluate import metric_rows, moves, paired_rows
+from training.evaluation.engine_runs import Record, target_rank
+from training.evaluation.evaluate import metric_rows, moves, paired_rows
 
 
 def record(items, target):
@@ -74,7 +74,7 @@ def stage_scores_for(split, seed=0):
 
 def fit_on(split, records, scores, seed=0):
     from tests.fusion_parity import matrix_inputs
-    from training.serving_policy import fit_policy
+    from training.evaluation.serving_policy import fit_policy
 
     popularity = np.ones(split.n_items)
     inputs = [matrix_inputs(split, r, popularity, scores) for r in records]
@@ -98,9 +98,9 @@ def test_eval_reads_the_history_the_gateway_serves_at_test_time(fusion_split, tm
     from service.backbones.feature_source import FeatureSource, LikedItem
     from service.backbones.scorers import EmbeddingScorer
     from service.gateway.store import InteractionStore
+    from training.data.serving_export import write_serving_tables
     from training.data.split import rows_as_of
-    from training.serving_export import write_serving_tables
-    from training.serving_policy import record_inputs
+    from training.evaluation.serving_policy import record_inputs
 
     split, ds = fusion_split, fusion_split.dataset
     rng = np.random.default_rng(4)
@@ -122,7 +122,7 @@ def test_eval_reads_the_history_the_gateway_serves_at_test_time(fusion_split, tm
 
 
 def test_orders_without_other_backbones_leave_out_the_rank_mean():
-    from training.engine_runs import method_orders
+    from training.evaluation.engine_runs import method_orders
 
     rec = record([10, 11, 12], target=12)
     rec.utilities = {"pointwise": [0.0, 1.0, 2.0]}
@@ -151,7 +151,7 @@ def test_users_whose_item_is_not_a_candidate_are_not_sent_to_the_llm_and_every_n
     import asyncio
 
     from service.ranking.prompts import PromptConfig
-    from training.engine_runs import _run_engine, method_orders
+    from training.evaluation.engine_runs import _run_engine, method_orders
 
     split, m, rng = fusion_split, 5, np.random.default_rng(3)
     users = split.evaluated_users()[:60]

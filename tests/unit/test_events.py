@@ -21,7 +21,7 @@ from service.gateway.history import HistoryCache
 from service.gateway.store import InteractionStore
 from service.llm.vllm_server import free_port
 from tests.conftest import synthetic_dataset
-from training.serving_export import write_serving_tables
+from training.data.serving_export import write_serving_tables
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

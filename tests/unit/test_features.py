@@ -14,7 +14,7 @@ from service.gateway.policy_runtime import PolicyLoadError, load_policy_runtime
 from service.ranking.features import RECENT_LIKES, CandidateContext, non_llm_features, rank_among
 from service.ranking.fusion import feature_matrix
 from service.ranking.policy import ServingPolicy, policy_dir, write_popularity
-from training.fusion_selection import LearnedFusionConfig, UserGroup, fit_learned_fusion
+from training.evaluation.fusion_selection import LearnedFusionConfig, UserGroup, fit_learned_fusion
 
 
 def test_genre_overlap_counts_per_liked_item_and_popularity_is_logged():

@@ -23,7 +23,7 @@ from service.ranking.fusion import (
     rank_by,
 )
 from service.ranking.utilities import listwise_utility
-from training.fusion_selection import LearnedFusionConfig, UserGroup, fit_learned_fusion
+from training.evaluation.fusion_selection import LearnedFusionConfig, UserGroup, fit_learned_fusion
 
 # -- the scaling rule --------------------------------------------------------------------------------
 

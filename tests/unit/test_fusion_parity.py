@@ -1,7 +1,7 @@
 """Evaluation through the one fusion gives the numbers the code before it gave, on the same inputs.
 
 `fixtures/fusion_parity.json` was written by the code of commit 9c6e013 (fusion computed in the
-engine, the gateway and training/evaluate.py; fitting, cross-validation and the guard in
+engine, the gateway and training/evaluation/evaluate.py; fitting, cross-validation and the guard in
 service/ranking/fusion.py) from `tests/fusion_parity.py`'s seeded inputs: 120 validation and 60
 test users, m = 10, with dropped tasks, constant answers and held-out items outside the list.
 `fixtures/fusion-format2/` holds a learned fusion that code saved, and its predictions.
@@ -17,9 +17,9 @@ import pytest
 
 from service.ranking.fusion import LearnedFusion, fuse, fusion_model_path
 from tests.fusion_parity import M, inputs, matrix_inputs
-from training import evaluate as ev
-from training import serving_policy as sp
-from training.fusion_selection import select_hybrid_weights
+from training.evaluation import evaluate as ev
+from training.evaluation import serving_policy as sp
+from training.evaluation.fusion_selection import select_hybrid_weights
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

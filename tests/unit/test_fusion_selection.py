@@ -9,7 +9,7 @@ import pytest
 
 from service.ranking.fusion import BACKBONE, feature_matrix, fuse, hybrid_scores_of, rank_by
 from service.ranking.utilities import listwise_utility
-from training.fusion_selection import (
+from training.evaluation.fusion_selection import (
     LearnedFusionConfig,
     UserGroup,
     clearly_better,

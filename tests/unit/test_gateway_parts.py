@@ -22,7 +22,7 @@ from service.loadtest.baseline import parse_rating, parse_yes_no
 from service.loadtest.load import Outcome, summarise
 from service.ranking.profile import HistoryEvent, build_profile
 from tests.conftest import synthetic_dataset
-from training.serving_export import write_serving_tables
+from training.data.serving_export import write_serving_tables
 
 
 def run(coro):

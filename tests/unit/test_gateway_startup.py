@@ -32,7 +32,7 @@ def test_missing_serving_tables_stop_the_gateway_with_one_line_naming_the_export
 
 def test_a_serving_policy_the_gateway_cannot_read_stops_it_with_one_line_naming_the_file(tmp_path):
     from tests.conftest import synthetic_dataset
-    from training.serving_export import write_serving_tables
+    from training.data.serving_export import write_serving_tables
 
     backbone = tmp_path / "ml-100k" / "backbones" / "lightgcn"
     backbone.mkdir(parents=True)
@@ -61,7 +61,7 @@ def test_a_model_tuned_on_other_data_stops_the_gateway_with_one_line_naming_both
     import json
 
     from tests.conftest import synthetic_dataset
-    from training.serving_export import write_serving_tables
+    from training.data.serving_export import write_serving_tables
 
     backbone = tmp_path / "ml-100k" / "backbones" / "lightgcn"
     backbone.mkdir(parents=True)
@@ -83,7 +83,7 @@ def test_a_backbone_trained_on_other_data_stops_the_gateway_with_one_line_naming
 
     from tests.conftest import synthetic_dataset
     from training.data.fingerprint import dataset_fingerprint
-    from training.serving_export import write_serving_tables
+    from training.data.serving_export import write_serving_tables
 
     data = synthetic_dataset(n_users=4, n_items=10, per_user=3)
     backbone = tmp_path / "ml-100k" / "backbones" / "lightgcn"

@@ -8,9 +8,9 @@ import numpy as np
 from service.ranking.prompts import PromptConfig
 from training.data.split import leave_one_out
 from training.data.types import MOVIELENS_SCALE, Item, User, build_dataset
-from training.hint_split import HintCut, cut_training_period, held_out_targets
-from training.honest_examples import ServingListExampleBuilder
-from training.instructions import InstructionConfig, build_examples
+from training.tuning.hint_split import HintCut, cut_training_period, held_out_targets
+from training.tuning.honest_examples import ServingListExampleBuilder
+from training.tuning.instructions import InstructionConfig, build_examples
 
 
 def one_user_dataset(n_events: int, disliked_every: int = 4):

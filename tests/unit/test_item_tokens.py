@@ -17,7 +17,8 @@ from service.ranking.item_tokens import ItemTokensError, ItemTokenTable, attach_
 from service.ranking.prompts import Candidate, PromptConfig, RatedItem, UserProfile, listwise_prompt, pairwise_prompt, pointwise_prompt
 from tests.conftest import CACHE
 from training.data import leave_one_out
-from training.item_tokens import (
+from training.evaluation.quality_report import VARIANTS, variant_of
+from training.tuning.item_tokens import (
     ItemTokenEmbedding,
     ItemTokenSet,
     add_item_tokens,
@@ -26,9 +27,8 @@ from training.item_tokens import (
     new_projection,
     write_item_rows,
 )
-from training.pipeline import INSTRUCTIONS_VERSION, NOT_TUNING_INPUTS, TuneRequest
-from training.quality_report import VARIANTS, variant_of
-from training.tune import PROFILES
+from training.tuning.pipeline import INSTRUCTIONS_VERSION, NOT_TUNING_INPUTS, TuneRequest
+from training.tuning.tune import PROFILES
 
 USER = UserProfile(liked=[RatedItem("Toy Story", 5, "1"), RatedItem("Heat", 4, "6")], disliked=[RatedItem("Striptease", 1, "9")])
 CANDS = [Candidate("Fargo", 1, "100"), Candidate("New Film", 2, "2000")]  # 2000: added after the export
@@ -96,7 +96,7 @@ def item_token_model_dir(tmp_path_factory):
     """A model folder as the export leaves it: the SmolLM2 tokenizer with three item tokens."""
     from transformers import AutoTokenizer
 
-    from training.base_model import ensure_base_model
+    from training.tuning.base_model import ensure_base_model
 
     folder = tmp_path_factory.mktemp("model")
     tokenizer = AutoTokenizer.from_pretrained(ensure_base_model(CACHE))
@@ -193,7 +193,7 @@ def test_item_tokens_read_their_projected_vector_and_train_the_projection_only()
 def test_the_export_writes_the_rows_and_keeps_item_tokens_out_of_every_answer(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from training.base_model import ensure_base_model
+    from training.tuning.base_model import ensure_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_base_model(CACHE))
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -267,7 +267,7 @@ def test_the_gateway_names_each_item_as_the_model_knows_it_and_a_late_one_by_its
     from service.ranking.engine import EngineConfig, RankingEngine
     from tests.conftest import synthetic_dataset
     from tests.fake_llm import healthy_logprobs
-    from training.serving_export import write_serving_tables
+    from training.data.serving_export import write_serving_tables
 
     class RecordingLLM:
         def __init__(self):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.learning_curve import markdown, verdict
+from training.evaluation.learning_curve import markdown, verdict
 
 
 def rows(scale: float, gain_ci: tuple[float, float], hybrid_ci: tuple[float, float]) -> list[dict]:

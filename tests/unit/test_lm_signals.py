@@ -9,7 +9,7 @@ import pytest
 
 from service.ranking.text_signals import ItemItemScorer, TextSpace
 from training.backbones.sasrec_lm import INIT_STD, SASRecLM, reduced_init
-from training.lm_signals import ease_weights, permuted, scaled_prior, text_similarity
+from training.evaluation.lm_signals import ease_weights, permuted, scaled_prior, text_similarity
 
 # Four items on the axes of a plane: their mean is zero, so centring leaves them as they are.
 AXES = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
@@ -109,7 +109,7 @@ def test_lm_initialisation_is_a_scaled_pca_and_its_control_the_same_rows_on_othe
 
 def test_an_items_text_is_its_title_year_and_genres_and_omits_what_it_lacks():
     from training.data.types import Item
-    from training.lm_embeddings import item_text
+    from training.evaluation.lm_embeddings import item_text
 
     assert item_text(Item("1", "Toy Story", ("Animation", "Comedy"), 1995)) == "Toy Story (1995): Animation, Comedy"
     assert item_text(Item("2", "A Book")) == "A Book"

@@ -16,7 +16,7 @@ from service.ranking.prompts import (
     pointwise_prompt,
     sanitize_title,
 )
-from training.instructions import ExampleBuilder, InstructionConfig, build_examples
+from training.tuning.instructions import ExampleBuilder, InstructionConfig, build_examples
 
 USER = UserProfile(
     liked=[RatedItem("Toy Story", 5), RatedItem("Heat", 4), RatedItem("Babe", 5)],

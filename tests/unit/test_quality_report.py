@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from training.quality_report import VARIANTS, default_variant, update_quality_report, variant_of
+from training.evaluation.quality_report import VARIANTS, default_variant, update_quality_report, variant_of
 
 RELIABILITY = {w: {"pairwise_accuracy": 0.6, "listwise_hits_at_5": 0.65, "pairs": 10, "lists": 5} for w in ("instructions", "validation", "validation_stage", "test")}
 
@@ -62,8 +62,8 @@ def test_a_second_evaluation_replaces_its_own_variant_and_keeps_the_others(tmp_p
 def test_each_variants_tuning_request_is_named_back_as_that_variant_and_only_the_default_is_make_tunes_model(tmp_path):
     from dataclasses import asdict, replace
 
-    from training.pipeline import TuneRequest
-    from training.quality_report import variant_export_dir
+    from training.evaluation.quality_report import variant_export_dir
+    from training.tuning.pipeline import TuneRequest
 
     for name, fields in VARIANTS.items():
         assert variant_of(asdict(replace(TuneRequest(), **fields))) == name

@@ -31,7 +31,7 @@ from service.ranking.fusion import LearnedFusion, feature_matrix, fuse
 from service.ranking.policy import ServingPolicy
 from tests.conftest import synthetic_dataset
 from tests.fake_llm import healthy_logprobs
-from training.serving_export import write_serving_tables
+from training.data.serving_export import write_serving_tables
 
 QUESTIONS = {"pointwise": "How would the user rate", "pairwise": "Would the user prefer", "listwise": "Rank"}
 

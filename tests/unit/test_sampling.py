@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.sampling import clustering_draws, repetition_penalty_draws, sample_users
+from training.tuning.sampling import clustering_draws, repetition_penalty_draws, sample_users
 
 USERS = np.arange(400)
 

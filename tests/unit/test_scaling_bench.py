@@ -1,10 +1,10 @@
-"""The scaling benchmark's report (training/scaling_bench.py), on sizes small enough for a unit test."""
+"""The scaling benchmark's report (training/backbones/scaling_bench.py), on sizes small enough for a unit test."""
 
 from __future__ import annotations
 
 import json
 
-from training.scaling_bench import ROW_FIELDS, growth_exponent, main
+from training.backbones.scaling_bench import ROW_FIELDS, growth_exponent, main
 
 
 def test_bench_writes_rows_for_every_backbone_and_size_and_the_machine(tmp_path, capsys):

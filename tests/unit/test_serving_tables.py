@@ -11,7 +11,7 @@ from service.gateway.serving_tables import META, ServingTablesError, read_servin
 from service.gateway.store import InteractionStore
 from tests.conftest import synthetic_dataset
 from training.data.fingerprint import dataset_fingerprint
-from training.serving_export import write_serving_tables
+from training.data.serving_export import write_serving_tables
 
 
 def test_the_store_holds_every_rating_of_the_data_set_in_time_order(tmp_path):

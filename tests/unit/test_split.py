@@ -93,8 +93,8 @@ def test_the_test_time_state_served_by_replay_holds_exactly_the_history_evaluati
     `split.history(u, 'test')`: the training likes and then the validation item, never the test item."""
     from service.gateway.store import InteractionStore
     from tests.conftest import synthetic_dataset
+    from training.data.serving_export import write_serving_tables
     from training.data.split import rows_as_of
-    from training.serving_export import write_serving_tables
 
     dataset = synthetic_dataset(n_users=30, n_items=25, per_user=9, seed=3)
     split = leave_one_out(dataset)

@@ -1,4 +1,4 @@
-"""Tuning variants compared user by user on the validation users (training.variant_pairs): the test
+"""Tuning variants compared user by user on the validation users (training.evaluation.variant_pairs): the test
 that says whether real item vectors do better than shuffled ones, with an interval."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tests.unit.test_quality_report import eval_report, manifest
-from training.engine_runs import EvalRequest, Record, engine_cache_dir, stage_cache_name
+from training.evaluation.engine_runs import EvalRequest, Record, engine_cache_dir, stage_cache_name
+from training.evaluation.quality_report import default_variant
+from training.evaluation.variant_pairs import compare_records, update_quality_report, variant_pairs
 from training.paths import Paths
-from training.quality_report import default_variant
-from training.variant_pairs import compare_records, update_quality_report, variant_pairs
 
 M = 4
 

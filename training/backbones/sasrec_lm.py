@@ -2,7 +2,7 @@
 2023 initialise BERT4Rec this way), and its control: the same initial vectors assigned to random
 items, which keeps their scale and geometry and destroys what they say about each item.
 
-The initial table is the LM embeddings (`training.lm_embeddings`), centred, reduced to the encoder's
+The initial table is the LM embeddings (`training.evaluation.lm_embeddings`), centred, reduced to the encoder's
 width by PCA and scaled to the standard deviation of the default initialisation, so the two runs
 differ from plain SASRec only in where the item table starts. Training and serving are SASRec's.
 """

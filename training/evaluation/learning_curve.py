@@ -26,12 +26,21 @@ from rich.console import Console
 from service.llm.hardware import machine_description
 from service.ranking.fusion import feature_matrix
 from training.data import leave_one_out, load_dataset, require_held_out_users
-from training.engine_runs import EvalRequest, engine_cache_dir, relevant_index, sample_users, stage_cache_name, stage_records, utilities_of
-from training.fusion_selection import LearnedFusionConfig, UserGroup, cross_validate
+from training.evaluation.engine_runs import (
+    EvalRequest,
+    engine_cache_dir,
+    relevant_index,
+    sample_users,
+    stage_cache_name,
+    stage_records,
+    utilities_of,
+)
+from training.evaluation.fusion_selection import LearnedFusionConfig, UserGroup, cross_validate
+from training.evaluation.serving_policy import feature_source, record_inputs
+from training.evaluation.workflow import run_tune
 from training.paired_stats import paired_comparison
 from training.paths import Paths
-from training.pipeline import TuneRequest, run_tune
-from training.serving_policy import feature_source, record_inputs
+from training.tuning.pipeline import TuneRequest
 
 console = Console(soft_wrap=True)
 SCALES = (0.5, 1.0, 2.0, 4.0)
@@ -168,7 +177,7 @@ def run(paths: Paths, dataset_name: str, data_path: Path | None, scales: Sequenc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.learning_curve", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.evaluation.learning_curve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data-path", type=Path)
     parser.add_argument("--scales", nargs="+", type=float, default=list(SCALES))

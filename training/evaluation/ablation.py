@@ -9,8 +9,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from training.evaluation.workflow import run_tune
 from training.paths import Paths
-from training.pipeline import TuneRequest, run_tune
+from training.tuning.pipeline import TuneRequest
 
 VARIANTS: dict[str, dict] = {
     "full": {},

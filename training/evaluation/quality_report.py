@@ -23,7 +23,7 @@ VARIANTS: dict[str, dict] = {
     "honest_hints": {"hints": "honest", "pointwise_hint": True},
     "paper_hints": {"hints": "paper", "pointwise_hint": True},
     "honest_hints_no_pointwise_hint": {"hints": "honest", "pointwise_hint": False},
-    # Collaborative item tokens (training.item_tokens) on honest hints; "shuffled" is the ablation
+    # Collaborative item tokens (training.tuning.item_tokens) on honest hints; "shuffled" is the ablation
     # that must do clearly worse on validation for the tokens to count.
     "item_tokens": {"hints": "honest", "pointwise_hint": True, "item_tokens": "beside", "item_vectors": "real"},
     "item_tokens_shuffled": {"hints": "honest", "pointwise_hint": True, "item_tokens": "beside", "item_vectors": "shuffled"},
@@ -50,7 +50,7 @@ def variant_of(manifest: dict) -> str:
 
 
 def default_variant() -> str:
-    from training.pipeline import TuneRequest
+    from training.tuning.pipeline import TuneRequest
 
     req = TuneRequest()
     return variant_of({"hints": req.hints, "pointwise_hint": req.pointwise_hint, "item_tokens": req.item_tokens, "item_vectors": req.item_vectors})
@@ -83,7 +83,7 @@ def update_quality_report(folder: Path, dataset: str, manifest: dict, reports: d
                           pair_variants: Callable[[dict], dict] | None = None) -> list[Path]:
     """Replaces the evaluated variant's rows; with `pair_variants`, also pairs the variants on the
     validation users where their engine outputs are on this machine
-    (`training.variant_pairs.update_quality_report` passes it)."""
+    (`training.evaluation.variant_pairs.update_quality_report` passes it)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"quality-{dataset}.json"
     quality = json.loads(path.read_text()) if path.is_file() else {"dataset": dataset, "rows": [], "variants": {}}

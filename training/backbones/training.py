@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from training.backbone_artifacts import write_backbone_artifacts
+from training.backbones.artifacts import write_backbone_artifacts
 from training.data import Dataset, Split
 from training.data.fingerprint import split_fingerprint
 from training.paths import Paths

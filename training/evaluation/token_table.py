@@ -1,8 +1,8 @@
 """Prompt tokens per reranked user, by history length, candidate count and layout: what the README's
-token table shows. `.venv/bin/python -m training.token_table [--users 20]`.
+token table shows. `.venv/bin/python -m training.evaluation.token_table [--users 20]`.
 
 Real ML-100K users (their histories as the gateway builds them) with random candidates; counts from
-`training.evaluate.prompt_token_cost` with the embedded model's tokenizer: each prompt in full, with
+`training.evaluation.evaluate.prompt_token_cost` with the embedded model's tokenizer: each prompt in full, with
 ideal prefix reuse, and with vLLM's 32-token blocks, for the plain and the block-aligned layout,
 and on the block-aligned layout with collaborative item tokens (every catalogue item given one, as a
 model tuned with them has for the items its hint backbone saw) beside the titles or instead of them.
@@ -26,11 +26,11 @@ from service.ranking.item_tokens import ItemTokenTable, item_token
 from service.ranking.profile import build_profile
 from service.ranking.prompts import Candidate, PromptConfig
 from service.ranking.tasks import TASKS
-from training.base_model import ensure_base_model
 from training.data import load_dataset
-from training.evaluate import prompt_token_cost
-from training.item_tokens import add_item_tokens
-from training.serving_export import write_serving_tables
+from training.data.serving_export import write_serving_tables
+from training.evaluation.evaluate import prompt_token_cost
+from training.tuning.base_model import ensure_base_model
+from training.tuning.item_tokens import add_item_tokens
 
 
 def user_messages(profile, cands: list[Candidate], cfg: PromptConfig) -> list[list[dict[str, str]]]:

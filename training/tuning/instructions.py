@@ -37,7 +37,7 @@ from service.ranking.prompts import (
 )
 from service.ranking.tasks import TASKS
 from training.data.split import Split
-from training.tune import encode_example
+from training.tuning.tune import encode_example
 
 
 @dataclass(frozen=True)

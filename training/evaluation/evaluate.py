@@ -11,8 +11,8 @@ The non-LLM competitor `learned_no_llm` is LightGBM LambdaRank over the scores a
 backbones, training-period popularity, genre overlap and recency (`service.ranking.features`);
 `learned` adds the three LLM task utilities to the same features and falls back to
 `learned_no_llm` unless cross-validation on the validation users shows the LLM clearly helps.
-Fitting and selection are `training.fusion_selection`'s, the serving policy (which method `/rerank`
-serves) `training.serving_policy`'s; the learned rankers' inputs come from the gateway's own builder
+Fitting and selection are `training.evaluation.fusion_selection`'s, the serving policy (which method `/rerank`
+serves) `training.evaluation.serving_policy`'s; the learned rankers' inputs come from the gateway's own builder
 (`service.backbones.feature_source`) and every fused order is `fuse`'s, the call the gateway serves. Each method's per-user HR@k / NDCG@k is compared, paired, with the backbone's
 and with `learned_no_llm`'s (`training.paired_stats`). Raw engine outputs are cached per model and
 backbone, so re-running only recomputes the report.
@@ -37,11 +37,11 @@ from service.llm.prompt_tokens import PromptEncoder
 from service.ranking.fusion import fuse
 from service.ranking.item_tokens import prompt_config_of_model
 from service.ranking.prompts import PromptConfig
-from training.backbone_artifacts import load_backbone
-from training.backbone_training import train_backbone
+from training.backbones.artifacts import load_backbone
+from training.backbones.training import train_backbone
 from training.data import DataError, Split, leave_one_out, load_dataset, require_held_out_users
 from training.data.fingerprint import dataset_fingerprint
-from training.engine_runs import (
+from training.evaluation.engine_runs import (
     TASK_METHODS,
     EvalRequest,
     Record,
@@ -57,13 +57,13 @@ from training.engine_runs import (
     target_rank,
     utilities_of,
 )
-from training.fusion_selection import select_hybrid_weights
+from training.evaluation.fusion_selection import select_hybrid_weights
+from training.evaluation.quality_report import default_variant, variant_of
+from training.evaluation.serving_policy import feature_source, fit_policy, method_order, policy_table, record_inputs, save_policy
+from training.evaluation.variant_pairs import update_quality_report
 from training.metrics import KS, hit_gains, metrics_from_ranks, ndcg_gains
 from training.paired_stats import paired_comparison
 from training.paths import Paths
-from training.quality_report import default_variant, variant_of
-from training.serving_policy import feature_source, fit_policy, method_order, policy_table, record_inputs, save_policy
-from training.variant_pairs import update_quality_report
 
 console = Console(soft_wrap=True)
 METHODS = ("backbone", *TASK_METHODS, "hybrid", "hybrid_tuned", "rank_mean_no_llm", "learned_no_llm", "learned")
@@ -123,7 +123,7 @@ def stage_backbone_scores(paths: Paths, split: Split, names: tuple[str, ...]) ->
 def evaluate_backbone(req: EvalRequest, paths: Paths, split: Split, backbone: str, new_client: Callable[[], VLLMClient], prompt_cfg: PromptConfig, run_key: str, model_dir: Path,
                       all_scores: dict[str, dict[str, np.ndarray]]) -> dict:
     """`all_scores`: `stage_backbone_scores` of the list backbones, computed once per run. The serving
-    policy for this backbone's lists (`training.serving_policy`) is fitted on the validation users
+    policy for this backbone's lists (`training.evaluation.serving_policy`) is fitted on the validation users
     and saved next to the model; its models give the learned rows of the test users."""
     ds = split.dataset
     folder = paths.backbone_dir(ds.name, backbone)

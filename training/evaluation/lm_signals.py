@@ -36,13 +36,13 @@ from service.ranking.fusion import LearnedFusion, feature_matrix, fuse
 from service.ranking.text_signals import ItemItemScorer, TextSpace
 from training.data import leave_one_out, load_dataset
 from training.data.split import Split, require_held_out_users
-from training.engine_runs import FEATURE_BACKBONES, candidate_lists
-from training.fusion_selection import LearnedFusionConfig, UserGroup, cross_validate, fit_learned_fusion
-from training.lm_embeddings import MODELS, embeddings_path, item_embeddings
+from training.evaluation.engine_runs import FEATURE_BACKBONES, candidate_lists
+from training.evaluation.fusion_selection import LearnedFusionConfig, UserGroup, cross_validate, fit_learned_fusion
+from training.evaluation.lm_embeddings import MODELS, embeddings_path, item_embeddings
+from training.evaluation.serving_policy import feature_source
 from training.metrics import ndcg_at_k
 from training.paired_stats import paired_comparison
 from training.paths import Paths
-from training.serving_policy import feature_source
 
 console = Console(soft_wrap=True)
 M = 10
@@ -183,7 +183,7 @@ def signal_pairs(req: LMSignalsRequest, paths: Paths, split: Split) -> list[Sign
 
 def train_lm_sasrec(paths: Paths, split: Split, model: str, shuffled: bool) -> str:
     """Trains (once) SASRec initialised from `model`'s item embeddings; returns its folder's name."""
-    from training.backbone_training import train_backbone
+    from training.backbones.training import train_backbone
 
     ds = split.dataset
     init = embeddings_path(ds, model, paths.artifacts)
@@ -354,7 +354,7 @@ def run(req: LMSignalsRequest, paths: Paths) -> list[Path]:
     start = time.perf_counter()
     dataset = load_dataset(req.dataset, req.data_path, cache_dir=paths.cache)
     split = require_held_out_users(leave_one_out(dataset), req.data_path or req.dataset)
-    from training.backbone_training import train_backbone
+    from training.backbones.training import train_backbone
 
     for name in dict.fromkeys((*FEATURE_BACKBONES, *req.list_backbones)):
         train_backbone(name, dataset, split, paths)
@@ -378,7 +378,7 @@ def run(req: LMSignalsRequest, paths: Paths) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.lm_signals", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.evaluation.lm_signals", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data-path", type=Path)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))

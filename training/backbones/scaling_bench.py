@@ -1,4 +1,4 @@
-"""How training time and memory grow with the data: `python -m training.scaling_bench` (`make bench-scaling`).
+"""How training time and memory grow with the data: `python -m training.backbones.scaling_bench` (`make bench-scaling`).
 
 For each size (synthetic ML-1M look-alikes, training/data/synthetic.py) and each backbone, one
 training in a fresh subprocess (so the peak RSS is that training's own, data included):
@@ -100,7 +100,7 @@ def train_once(backbone: str, interactions: int, epochs: int | None, seed: int) 
 
 
 def run_in_subprocess(backbone: str, interactions: int, epochs: int | None, seed: int, timeout_s: float | None) -> dict:
-    cmd = [sys.executable, "-m", "training.scaling_bench", "--worker", backbone, str(interactions), "--seed", str(seed)]
+    cmd = [sys.executable, "-m", "training.backbones.scaling_bench", "--worker", backbone, str(interactions), "--seed", str(seed)]
     if epochs is not None:
         cmd += ["--worker-epochs", str(epochs)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -208,7 +208,7 @@ def run(sizes: list[int], backbones: list[str], epochs_below: int, seed: int, ou
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.scaling_bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training.backbones.scaling_bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="numbers of ratings (default 100K 250K 500K 1M)")
     p.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     p.add_argument("--epochs-below", type=int, default=3, help="epochs trained at the sizes below the largest")

@@ -32,8 +32,8 @@ from service.ranking.policy import (
     write_popularity,
 )
 from training.data import Split
-from training.engine_runs import Record, relevant_index, utilities_of
-from training.fusion_selection import LearnedFusionConfig, UserGroup, cross_validate, fit_learned_fusion
+from training.evaluation.engine_runs import Record, relevant_index, utilities_of
+from training.evaluation.fusion_selection import LearnedFusionConfig, UserGroup, cross_validate, fit_learned_fusion
 from training.metrics import ndcg_at_k
 from training.paired_stats import paired_comparison
 from training.paths import Paths

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from service.llm.prompt_tokens import PromptEncoder
 from service.ranking.scoring import expected_rating, parse_listwise, yes_probability
 from service.ranking.tasks import TASKS
-from training.tune import encode_example
+from training.tuning.tune import encode_example
 
 TOP_LOGPROBS = 20
 

@@ -3,7 +3,7 @@ and the replay read: which users, their candidates (each backbone's exported top
 model's task utilities through the service's engine and a real vLLM server, cached per model and
 backbone so a second run only recomputes its report.
 
-Below `training.evaluate` (the report) and `training.pipeline` (which runs the serving-task
+Below `training.evaluation.evaluate` (the report) and `training.tuning.pipeline` (which runs the serving-task
 validation after tuning): both read records from here, neither from the other.
 """
 
@@ -30,12 +30,12 @@ from service.ranking.fusion import fuse, rank_by
 from service.ranking.item_tokens import prompt_config_of_model
 from service.ranking.prompts import Candidate, PromptConfig
 from service.ranking.tasks import TASKS
-from training.backbone_artifacts import load_backbone
+from training.backbones.artifacts import load_backbone
 from training.data import Split
-from training.instructions import user_profile
 from training.metrics import hr_from_ranks, ndcg_from_ranks, ndcg_gains
 from training.paired_stats import paired_comparison
 from training.paths import Paths
+from training.tuning.instructions import user_profile
 
 console = Console(soft_wrap=True)
 TASK_METHODS = TASKS

@@ -1,7 +1,7 @@
 """LoRA instruction tuning (peft + transformers' Trainer) and the profiles it runs under.
 
 Loss is on the answer only: prompt tokens get the label -100. Checkpoints go to `<run>/checkpoints`; a rerun resumes from the last one.
-With collaborative item tokens (`training.item_tokens`) the item tokens' projection is trained with the
+With collaborative item tokens (`training.tuning.item_tokens`) the item tokens' projection is trained with the
 adapter, saved beside it, and written into the merged model's vocabulary at export.
 """
 
@@ -17,7 +17,7 @@ from service.llm.hardware import cpu_has_fast_bf16
 from service.llm.prompt_tokens import PromptEncoder
 
 if TYPE_CHECKING:
-    from training.item_tokens import ItemTokenSet
+    from training.tuning.item_tokens import ItemTokenSet
 
 
 class TuneProfile(BaseModel):
@@ -51,7 +51,7 @@ class TuneProfile(BaseModel):
     # After export: validation users (0 = all) reranked through vLLM for the serving-task validation.
     # Not a tuning input, so not part of the run key.
     serving_validation_users: int = 0
-    # Then the serving policy is fitted on the same users (training.serving_policy) with the scores of
+    # Then the serving policy is fitted on the same users (training.evaluation.serving_policy) with the scores of
     # these backbones beside the served one's (trained when missing). Not a tuning input either.
     policy_backbones: tuple[str, ...] = ("mf", "lightgcn", "sasrec")
 
@@ -103,7 +103,7 @@ def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments
 
-    from training.answer_loss import AnswerOnlyTrainer
+    from training.tuning.answer_loss import AnswerOnlyTrainer
 
     adapter_dir = out_dir / "adapter"
     if (adapter_dir / "adapter_config.json").is_file():
@@ -121,7 +121,7 @@ def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile:
     model = get_peft_model(model, lora)
     callbacks, projection = [], None
     if item_tokens is not None:  # after peft: the projection's layers get no LoRA, and train in full
-        from training.item_tokens import add_item_tokens, install_item_embedding, new_projection, projection_saver
+        from training.tuning.item_tokens import add_item_tokens, install_item_embedding, new_projection, projection_saver
 
         token_ids = add_item_tokens(tokenizer, item_tokens.tokens)
         projection = new_projection(item_tokens, model.get_input_embeddings().weight, profile.seed)
@@ -152,13 +152,13 @@ def train_lora(base_model: Path, train_rows: list[dict], out_dir: Path, profile:
     trainer = AnswerOnlyTrainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=callbacks)
     resume = last_checkpoint(ckpt_dir)
     if projection is not None and resume is not None:
-        from training.item_tokens import load_projection
+        from training.tuning.item_tokens import load_projection
 
         load_projection(resume, into=projection)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():  # with several GPUs only the first process writes
         if projection is not None:  # first: the adapter's config file is what marks the run done
-            from training.item_tokens import save_projection
+            from training.tuning.item_tokens import save_projection
 
             save_projection(projection, adapter_dir)
         model.save_pretrained(adapter_dir)
@@ -180,7 +180,7 @@ def merge_adapter(base_model: Path, adapter_dir: Path, target: Path, item_tokens
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     written = None
     if item_tokens is not None:
-        from training.item_tokens import load_projection, write_item_rows
+        from training.tuning.item_tokens import load_projection, write_item_rows
 
         written = write_item_rows(merged, tokenizer, item_tokens, load_projection(adapter_dir))
     merged.save_pretrained(target, safe_serialization=True)

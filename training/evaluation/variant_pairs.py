@@ -1,6 +1,6 @@
 """Tuning variants paired on the same validation users: what chooses between them.
 
-Each variant's serving-task validation (`training.engine_runs.serving_validation`) left its engine
+Each variant's serving-task validation (`training.evaluation.engine_runs.serving_validation`) left its engine
 outputs in `artifacts/<dataset>/eval/<run key>/`. Two variants validated on the same users and
 the same backbone candidate lists are compared user by user: the paired NDCG@3 difference of the
 hybrid and of each task, with the report's bootstrap interval and t-test (`paired_comparison`).
@@ -11,7 +11,7 @@ Pairs: every variant against the default, and a `_shuffled` ablation's real coun
 A pair is computed only when both caches are on this machine and hold the same users and
 candidates; pairs measured earlier (other sessions) are kept in the quality report as they were.
 
-`.venv/bin/python -m training.variant_pairs` recomputes them from what is here and prints the table.
+`.venv/bin/python -m training.evaluation.variant_pairs` recomputes them from what is here and prints the table.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from training.engine_runs import (
+from training.evaluation.engine_runs import (
     TASK_METHODS,
     EvalRequest,
     Record,
@@ -29,11 +29,11 @@ from training.engine_runs import (
     stage_cache_name,
     stage_records,
 )
+from training.evaluation.quality_report import pairs_markdown, write_quality_report
+from training.evaluation.quality_report import update_quality_report as _update_rows
 from training.metrics import ndcg_gains
 from training.paired_stats import paired_comparison
 from training.paths import Paths
-from training.quality_report import pairs_markdown, write_quality_report
-from training.quality_report import update_quality_report as _update_rows
 
 PAIR_METHODS = ("hybrid", *TASK_METHODS)
 
@@ -90,7 +90,7 @@ def update_validation_pairs(quality: dict, paths: Paths) -> dict:
 
 
 def update_quality_report(folder: Path, dataset: str, manifest: dict, reports: dict[str, dict], paths: Paths | None = None) -> list[Path]:
-    """`training.quality_report.update_quality_report`, and with `paths` the variants paired on the
+    """`training.evaluation.quality_report.update_quality_report`, and with `paths` the variants paired on the
     validation users whose engine outputs are on this machine."""
     return _update_rows(folder, dataset, manifest, reports, (lambda q: update_validation_pairs(q, paths)) if paths is not None else None)
 

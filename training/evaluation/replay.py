@@ -39,8 +39,9 @@ from service.llm.vllm_server import VLLMServer, free_port
 from service.ranking.fusion import LearnedFusion
 from service.ranking.policy import ServingPolicy, policy_dir
 from training.data import leave_one_out, load_dataset, require_held_out_users
+from training.data.serving_export import write_serving_tables
 from training.data.split import Split, rows_as_of
-from training.engine_runs import (
+from training.evaluation.engine_runs import (
     EvalRequest,
     Record,
     candidate_lists,
@@ -50,10 +51,9 @@ from training.engine_runs import (
     stage_cache_name,
     target_rank,
 )
+from training.evaluation.serving_policy import feature_source, method_order, record_inputs
 from training.metrics import hr_from_ranks, ndcg_gains
 from training.paths import Paths
-from training.serving_export import write_serving_tables
-from training.serving_policy import feature_source, method_order, record_inputs
 
 console = Console(soft_wrap=True)
 
@@ -223,7 +223,7 @@ def run_replay(req: ReplayRequest, paths: Paths) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training.evaluation.replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--data-path", type=Path, default=None)
     p.add_argument("--backbone", default="lightgcn")
