@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ console = Console(soft_wrap=True)
 def run_tune(req: TuneRequest, paths: Paths) -> Path:
     """The export for `req`, validated and with its serving policy; returns its folder."""
     result = tune_export(req, paths)
-    if result.primary and int(os.environ.get("RANK", "0")) == 0:
+    if result.primary:
         ensure_serving_validation(result.export_dir, paths, result.split, req.backbone, result.profile)
         ensure_serving_policy(result.export_dir, paths, result.split, req.backbone, result.profile)
     return result.export_dir
