@@ -18,6 +18,9 @@ Up to `max_waiting` more wait for room, each only as long as its budget still le
 own scoring; the others are refused with `Overloaded` at once, and the caller answers them degraded
 (backbone order, reason `overloaded`) or with 429, by a setting. When nothing is scoring a request
 is always admitted, so the estimate keeps learning even when it says nothing fits.
+The line is not first-come first-served: when room frees, whoever fits its own budget starts, a new
+arrival included, so a waiter with little budget left never holds back one that fits (strict order
+would idle a slot until the head of the line gave up). A full waiting room refuses at once.
 
 The estimate is a mean, and a scoring that runs longer than its mean misses its deadline when the
 budget was filled to the mean (`make bench`'s overload runs on a 2-core Zen 4 EPYC, 2026-12-07: 10 and
