@@ -74,7 +74,8 @@ variants: $(PY)
 # Does a language-model signal earn a place in the learned ranker? LM item-text embeddings (SmolLM2-135M,
 # Gemma-3-270M) as similarity features, a text-regularised EASE and an LM-initialised SASRec, each
 # against a control that keeps its shape (permuted embeddings), on the validation users, then the test
-# users once -> reports/lm-signals-$(DATASET).{json,md,png}. About 25 min on 2 AVX2 cores.
+# users once -> reports/lm-signals-$(DATASET).{json,md,png}. About 50 min from nothing on a 2-core AVX2 EPYC with
+# other jobs on the cores (the embeddings 26 min of it, four SASRec trainings ~20 min); cached steps are reused.
 LM_MODELS ?= smollm2-135m gemma-3-270m
 lm-signals: $(PY)
 	$(PY) -m training.evaluation.lm_signals $(DATA_ARGS) --models $(LM_MODELS)

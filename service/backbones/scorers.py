@@ -2,10 +2,10 @@
 user's live history. The learned ranker's features come from here in `make eval` (fitting and the
 test rows) and in the gateway alike, so a served ranking is the offline one.
 
-Two kinds, chosen by the backbone's `config.json`:
+Two kinds, chosen by the `scorer` the backbone's `config.json` records (by name for older exports):
 - embedding backbones (MF, LightGCN, SGL, ...): score = user vector . item vector, from the exported
   `user_vectors.npy` / `item_vectors.npy` (users they were not fitted on get NaN);
-- sequential backbones with a causal encoder (SASRec, CL4SRec): the encoder (`sequence_encoder`, the
+- sequential backbones with a causal encoder (SASRec, CL4SRec, the LM-initialised SASRecs): the encoder (`sequence_encoder`, the
   module training fitted) reads the user's liked items in time order, as of now, and the last
   position's state . item embedding is the score. Events that arrived after training count.
 Scores are float64 (dot products of the float32 tables), NaN where an item is not in the catalogue.
@@ -21,7 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
-CAUSAL_SEQUENCE_BACKBONES = ("sasrec", "cl4srec", "sasrec_lm", "sasrec_lm_shuffled")  # last-position state of a causal encoder
+CAUSAL_SEQUENCE = "causal_sequence"  # config.json's "scorer": the last-position state of a causal encoder
+LEGACY_CAUSAL_SEQUENCE_BACKBONES = ("sasrec", "cl4srec")  # exports from before config.json named its scorer
 
 
 class BackboneScorerError(RuntimeError):
@@ -95,7 +96,7 @@ def load_scorer(folder: Path, user_ids: Sequence[str], item_ids: Sequence[str]) 
     except (OSError, ValueError, KeyError) as exc:
         raise BackboneScorerError(f"{folder}: no readable backbone config ({type(exc).__name__}: {exc}); {fix}") from None
     item_index = {item: i for i, item in enumerate(item_ids)}
-    if name in CAUSAL_SEQUENCE_BACKBONES:
+    if meta.get("scorer", CAUSAL_SEQUENCE if name in LEGACY_CAUSAL_SEQUENCE_BACKBONES else "embedding") == CAUSAL_SEQUENCE:
         return _load_sequence(folder, name, meta, item_index, len(item_ids), fix)
     try:
         users, items = np.load(folder / "user_vectors.npy"), np.load(folder / "item_vectors.npy")

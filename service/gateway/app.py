@@ -98,26 +98,20 @@ def model_manifest(model_dir: Path) -> dict:
         raise StartupError(f"{manifest}: unreadable model manifest ({exc}); rerun `make tune`") from None
 
 
-def check_model_data(model_dir: Path, manifest: dict, dataset: str, fingerprint: str, tables_dir: Path) -> None:
-    """A model tuned on other data than the serving tables hold would rank another catalogue's
-    items: refuse to start, naming both and what to run."""
-    tuned_on = manifest.get("data_fingerprint")
-    if tuned_on and tuned_on != fingerprint:
-        raise StartupError(f"{model_dir} was tuned on data {tuned_on[:12]}, the serving tables {tables_dir} hold {dataset} {fingerprint[:12]}; "
-                           f"run `make serve DATASET=... DATA_PATH=...` for those data (it tunes a model on them), or set RECRANKER_MODEL_DIR")
+def check_same_data(what: Path, verb: str, recorded: str | None, dataset: str, fingerprint: str, tables_dir: Path, fix: str, setting: str) -> None:
+    """An artefact fitted on other data than the serving tables hold would rank (or retrieve) another
+    catalogue's items: refuse to start, naming both fingerprints and what to run. An artefact that
+    records no fingerprint (older exports) is let through; shapes are still checked where it loads."""
+    if recorded and recorded != fingerprint:
+        raise StartupError(f"{what} was {verb} on data {recorded[:12]}, the serving tables {tables_dir} hold {dataset} {fingerprint[:12]}; "
+                           f"run `make serve DATASET=... DATA_PATH=...` for those data (it {fix}), or set {setting}")
 
 
-def check_backbone_data(backbone_dir: Path, dataset: str, fingerprint: str, tables_dir: Path) -> None:
-    """The retrieval backbone must come from the data the tables hold, or its candidates are another
-    catalogue's rows. (A backbone exported before its metrics named the data set is let through;
-    the retriever still checks its shape.)"""
+def backbone_data_fingerprint(backbone_dir: Path) -> str | None:
     try:
-        trained_on = json.loads((backbone_dir / "metrics.json").read_text()).get("dataset_fingerprint")
+        return json.loads((backbone_dir / "metrics.json").read_text()).get("dataset_fingerprint")
     except (OSError, ValueError):
-        return
-    if trained_on and trained_on != fingerprint:
-        raise StartupError(f"{backbone_dir} was trained on data {trained_on[:12]}, the serving tables {tables_dir} hold {dataset} {fingerprint[:12]}; "
-                           f"run `make serve DATASET=... DATA_PATH=...` for those data (it trains the backbone on them), or set RECRANKER_BACKBONE")
+        return None
 
 
 def build_components(settings: GatewaySettings) -> Components:
@@ -126,8 +120,10 @@ def build_components(settings: GatewaySettings) -> Components:
     try:
         tables = read_serving_tables(settings.serving_dir)
         manifest = model_manifest(settings.resolved_model_dir)
-        check_model_data(settings.resolved_model_dir, manifest, tables.dataset, tables.fingerprint, settings.serving_dir)
-        check_backbone_data(settings.backbone_dir, tables.dataset, tables.fingerprint, settings.serving_dir)
+        check_same_data(settings.resolved_model_dir, "tuned", manifest.get("data_fingerprint"), tables.dataset, tables.fingerprint, settings.serving_dir,
+                        "tunes a model on them", "RECRANKER_MODEL_DIR")
+        check_same_data(settings.backbone_dir, "trained", backbone_data_fingerprint(settings.backbone_dir), tables.dataset, tables.fingerprint,
+                        settings.serving_dir, "trains the backbone on them", "RECRANKER_BACKBONE")
         store = InteractionStore.from_tables(tables, settings.resolved_events_log)
         policy = load_policy_runtime(settings.resolved_policy_dir, settings.backbone_dir.parent, [u["user_id"] for u in tables.users],
                                      [it["item_id"] for it in tables.items], tables.fingerprint)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 LINT = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"]
 
@@ -41,21 +43,17 @@ def test_a_gateway_module_importing_training_breaks_the_contract(tmp_path: Path)
     assert "service.ranking.fusion -> service.gateway.settings" in run.stdout
 
 
-def test_an_import_circle_in_training_breaks_the_contract(tmp_path: Path):
+@pytest.mark.parametrize(("module", "added_import", "reported"), [
+    # engine_runs sits below evaluate (which reads its records): importing upward closes a circle.
+    ("training/evaluation/engine_runs.py", "from training.evaluation.evaluate import markdown",
+     "No import circle between the training package's modules at any depth BROKEN"),
+    # the tuning stage reading the evaluation stage (as the tuning pipeline once did for its validation)
+    ("training/tuning/pipeline.py", "from training.evaluation.engine_runs import EvalRequest", "training.tuning.pipeline -> training.evaluation.engine_runs"),
+], ids=["import circle", "stage importing a later stage"])
+def test_training_imports_against_the_contract_break_it(tmp_path: Path, module: str, added_import: str, reported: str):
     copy_of_the_code(tmp_path)
-    # engine_runs sits below evaluate (which reads its records); importing upward closes a circle.
-    runs = tmp_path / "training" / "evaluation" / "engine_runs.py"
-    runs.write_text(runs.read_text() + "\nfrom training.evaluation.evaluate import markdown  # noqa\n")
+    target = tmp_path / module
+    target.write_text(target.read_text() + f"\n{added_import}  # noqa\n")
     run = lint(tmp_path)
     assert run.returncode != 0
-    assert "No import circle between the training package's modules at any depth BROKEN" in " ".join(run.stdout.split())
-
-
-def test_a_stage_importing_a_later_stage_breaks_the_contract(tmp_path: Path):
-    copy_of_the_code(tmp_path)
-    # The tuning stage reading the evaluation stage (as the tuning pipeline once did for its validation).
-    pipeline = tmp_path / "training" / "tuning" / "pipeline.py"
-    pipeline.write_text(pipeline.read_text() + "\nfrom training.evaluation.engine_runs import EvalRequest  # noqa\n")
-    run = lint(tmp_path)
-    assert run.returncode != 0
-    assert "training.tuning.pipeline -> training.evaluation.engine_runs" in run.stdout
+    assert reported in " ".join(run.stdout.split())

@@ -98,3 +98,20 @@ def test_a_backbone_folder_that_does_not_match_the_serving_tables_is_refused(tmp
         load_scorer(tmp_path / "sasrec", ["u0"], [f"i{i}" for i in range(31)])
     with pytest.raises(BackboneScorerError, match="no readable backbone config"):
         load_scorer(tmp_path / "missing", ["u0"], ["i0"])
+
+
+def test_the_scorer_kind_comes_from_the_export_not_from_a_list_of_names(tmp_path: Path):
+    import json
+
+    from training.backbones.sasrec_lm import SASRecLM
+
+    SASRecLM(5, 30, SASRecLM.Config(max_len=8, dim=16, layers=1, heads=2), device=None).save(tmp_path / "lm")
+    meta = json.loads((tmp_path / "lm" / "config.json").read_text())
+    assert (meta["backbone"], meta["scorer"]) == ("sasrec_lm", "causal_sequence")  # inherited from SASRec
+    assert isinstance(load_scorer(tmp_path / "lm", ["u0"], [f"i{i}" for i in range(30)]), SequenceScorer)
+    # an export from before config.json named its scorer: known by its name
+    _sasrec(tmp_path)
+    legacy = json.loads((tmp_path / "sasrec" / "config.json").read_text())
+    del legacy["scorer"]
+    (tmp_path / "sasrec" / "config.json").write_text(json.dumps(legacy))
+    assert isinstance(load_scorer(tmp_path / "sasrec", ["u0"], [f"i{i}" for i in range(30)]), SequenceScorer)

@@ -49,9 +49,9 @@ def write_backbone_artifacts(model: Backbone, split: Split, log: TrainLog, folde
         "best_epoch": log.best_epoch,
         "train_seconds": round(log.seconds, 2),
         "data_fingerprint": data_fingerprint,  # of the split it was fitted on (training.data.fingerprint)
-        "dataset_fingerprint": dataset_fingerprint(dataset),
+        "dataset_fingerprint": dataset_fingerprint(dataset),  # of the data set, as the serving tables and the model manifest state it
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine_description(),  # of the data set, as the serving tables and the model manifest state it
+        "machine": machine_description(),
     }
     with atomic_folder(folder) as staging:
         model.save(staging)

@@ -108,6 +108,9 @@ def pick_device() -> torch.device:
 class Backbone(ABC):
     name: ClassVar[str]
     sequential: ClassVar[bool] = False
+    # How the gateway scores this backbone (`service.backbones.scorers`): "embedding" (user and item
+    # vector tables) or "causal_sequence" (the encoder on the live history); saved in config.json.
+    serving_scorer: ClassVar[str] = "embedding"
     Config: ClassVar[type[BackboneConfig]] = BackboneConfig
 
     def __init__(self, n_users: int, n_items: int, config: BackboneConfig | None = None, device: torch.device | None = None):
@@ -268,7 +271,7 @@ class Backbone(ABC):
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(
-            json.dumps({"backbone": self.name, "n_users": self.n_users, "n_items": self.n_items, "config": self.config.model_dump()}, indent=2)
+            json.dumps({"backbone": self.name, "scorer": self.serving_scorer, "n_users": self.n_users, "n_items": self.n_items, "config": self.config.model_dump()}, indent=2)
         )
         if self.module is not None:
             torch.save({k: v.cpu() for k, v in self.module.state_dict().items()}, folder / "model.pt")

@@ -31,6 +31,7 @@ class SASRecConfig(SequenceConfig):
 
 class SASRec(SequentialBackbone):
     name = "sasrec"
+    serving_scorer = "causal_sequence"  # CL4SRec and the LM-initialised SASRecs inherit it
     Config = SASRecConfig
     config: SASRecConfig
     module: SequenceEncoder

@@ -98,6 +98,14 @@ def candidate_lists(folder: Path, dataset) -> dict[str, dict[int, list[int]]]:
     return out
 
 
+def candidate_records(split: Split, users: np.ndarray, tops: dict[str, dict[int, list[int]]], stage: str, m: int) -> list[Record]:
+    """Records of `users`' top-m candidates at `stage` with no LLM answers (`scored` False): what every
+    method that does not call the LLM reads."""
+    targets = split.target(stage)
+    return [Record(user=int(u), stage=stage, m=m, items=[int(i) for i in tops[stage][int(u)][:m]], target=int(targets[u]), utilities={}, invalid={},
+                   dropped={}, seconds=0.0, scored=False) for u in users]
+
+
 async def run_engine(new_client: Callable[[], VLLMClient], split: Split, users: np.ndarray, stage: str, m: int, tops, prompt_cfg: PromptConfig, scores: np.ndarray, concurrency: int,
                      score_every_user: bool = False) -> list[Record]:
     """One event loop, one pooled client (batched per task on the model's template and block

@@ -27,6 +27,7 @@ from service.llm.hardware import machine_description
 from service.ranking.fusion import feature_matrix
 from training.data import leave_one_out, load_dataset, require_held_out_users
 from training.evaluation.engine_runs import (
+    FEATURE_BACKBONES,
     EvalRequest,
     engine_cache_dir,
     relevant_index,
@@ -61,7 +62,7 @@ def llm_gain(paths: Paths, split, export_dir: Path, backbone: str, seed: int = 2
     users = sample_users(split, req.valid_users, req.seed + 1)
     cache = engine_cache_dir(paths, split.dataset.name, manifest["run_key"]) / stage_cache_name(backbone, "valid", req.ms[0], len(users), req.seed, req.score_every_user)
     records = stage_records(cache, None)
-    source = feature_source(paths, split, tuple(dict.fromkeys(("mf", "lightgcn", "sasrec", backbone))))
+    source = feature_source(paths, split, tuple(dict.fromkeys((*FEATURE_BACKBONES, backbone))))
     inputs = [record_inputs(source, split, r, backbone) for r in records]
     config = LearnedFusionConfig(guard=False, guard_k=3, seed=seed)
     held_out = {}

@@ -95,9 +95,9 @@ def texts_fingerprint(texts: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
 
 
-def embeddings_path(dataset: Dataset, model: str, artifacts: Path) -> Path:
+def embeddings_path(dataset: Dataset, model: str, artifacts: Path, texts: Sequence[str] | None = None) -> Path:
     """Where `model`'s embeddings of these items' texts are kept (named by model and texts)."""
-    texts = [item_text(it) for it in dataset.items]
+    texts = [item_text(it) for it in dataset.items] if texts is None else texts
     return artifacts / dataset.name / "lm_embeddings" / f"{model}-{texts_fingerprint(texts)}.npy"
 
 
@@ -106,7 +106,7 @@ def item_embeddings(dataset: Dataset, model: str, cache_dir: Path, artifacts: Pa
     if model not in MODELS:
         raise EmbeddingModelError(f"unknown embedding model {model!r}; choose one of {', '.join(MODELS)}")
     texts = [item_text(it) for it in dataset.items]
-    path = embeddings_path(dataset, model, artifacts)
+    path = embeddings_path(dataset, model, artifacts, texts)
     if path.is_file():
         return np.load(path)
     vectors = embed_texts(MODELS[model](cache_dir), texts, progress=model)

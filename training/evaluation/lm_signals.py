@@ -23,23 +23,27 @@ import argparse
 import datetime as dt
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
 from service.backbones.feature_source import FeatureInputs
+from service.backbones.scorers import load_scorer
 from service.llm.hardware import machine_description
+from service.ranking.features import rank_among
 from service.ranking.fusion import LearnedFusion, feature_matrix, fuse
 from service.ranking.text_signals import ItemItemScorer, TextSpace
+from training.backbones.training import train_backbone
 from training.data import leave_one_out, load_dataset
 from training.data.split import Split, require_held_out_users
-from training.evaluation.engine_runs import FEATURE_BACKBONES, candidate_lists
+from training.evaluation.engine_runs import FEATURE_BACKBONES, candidate_lists, candidate_records, relevant_index
 from training.evaluation.fusion_selection import LearnedFusionConfig, UserGroup, cross_validate, fit_learned_fusion
 from training.evaluation.lm_embeddings import MODELS, embeddings_path, item_embeddings
-from training.evaluation.serving_policy import feature_source
+from training.evaluation.serving_policy import feature_source, record_inputs
 from training.metrics import ndcg_at_k
 from training.paired_stats import paired_comparison
 from training.paths import Paths
@@ -74,32 +78,19 @@ class StageLists:
     items: list[list[int]]
     relevant: list[int | None]
     inputs: list[FeatureInputs]
-    liked: list[list[str]] = field(default_factory=list)  # item ids liked as of the stage (oldest first)
+    liked: list[list[str]]  # item ids liked as of the stage (oldest first)
 
 
 def stage_lists(paths: Paths, split: Split, backbone: str, stage: str) -> StageLists:
+    """Every evaluated user's top-M of `backbone` at `stage`, with the ranker's inputs from the same
+    builder `make eval` and the gateway use (`record_inputs`)."""
     ds = split.dataset
-    tops = candidate_lists(paths.backbone_dir(ds.name, backbone), ds)[stage]
+    tops = candidate_lists(paths.backbone_dir(ds.name, backbone), ds)
     source = feature_source(paths, split, tuple(dict.fromkeys((*FEATURE_BACKBONES, backbone))))
-    target = split.target(stage)
-    out = StageLists([], [], [], [])
-    for u in split.evaluated_users():
-        items = [int(i) for i in tops[int(u)][:M]]
-        liked = [ds.items[i].item_id for i in split.history(int(u), stage)]
-        cands = [ds.items[i] for i in items]
-        out.users.append(int(u))
-        out.items.append(items)
-        out.relevant.append(items.index(int(target[u])) if int(target[u]) in items else None)
-        out.liked.append(liked)
-        out.inputs.append(source.inputs(backbone, ds.users[int(u)].user_id, [_liked(ds, i) for i in split.history(int(u), stage)],
-                                        [c.item_id for c in cands], [c.genres for c in cands]))
-    return out
-
-
-def _liked(ds, i: int):
-    from service.backbones.feature_source import LikedItem
-
-    return LikedItem(ds.items[i].item_id, ds.items[i].genres)
+    records = candidate_records(split, split.evaluated_users(), tops, stage, M)
+    return StageLists(users=[r.user for r in records], items=[r.items for r in records], relevant=[relevant_index(r) for r in records],
+                      inputs=[record_inputs(source, split, r, backbone) for r in records],
+                      liked=[[ds.items[i].item_id for i in split.history(r.user, stage)] for r in records])
 
 
 # --- the signals ----------------------------------------------------------------------------------
@@ -160,9 +151,10 @@ class SignalPair:
 def signal_pairs(req: LMSignalsRequest, paths: Paths, split: Split) -> list[SignalPair]:
     ds = split.dataset
     ids = [it.item_id for it in ds.items]
+    index = {i: n for n, i in enumerate(ids)}
     likes = liked_matrix(split)
     plain = ease_weights(likes, req.ease_lambda)
-    pairs = [SignalPair("ease", "none (collaborative reference)", ItemItemScorer("ease", plain, {i: n for n, i in enumerate(ids)}).features, None)]
+    pairs = [SignalPair("ease", "none (collaborative reference)", ItemItemScorer("ease", plain, index).features, None)]
     for model in req.models:
         vectors = item_embeddings(ds, model, paths.cache, paths.artifacts)
         shuffled = permuted(vectors)
@@ -170,7 +162,6 @@ def signal_pairs(req: LMSignalsRequest, paths: Paths, split: Split) -> list[Sign
             pairs.append(SignalPair(f"{model}:similarity", "embeddings permuted across items",
                                     TextSpace.from_embeddings("lm", vectors, ids).features, TextSpace.from_embeddings("lm", shuffled, ids).features))
         if "text_ease" in req.kinds:
-            index = {i: n for n, i in enumerate(ids)}
             text = ease_weights(likes, req.ease_lambda, scaled_prior(text_similarity(vectors, req.text_neighbours), plain))
             ctrl = ease_weights(likes, req.ease_lambda, scaled_prior(text_similarity(shuffled, req.text_neighbours), plain))
             pairs.append(SignalPair(f"{model}:text_ease", "text prior from permuted embeddings",
@@ -183,8 +174,6 @@ def signal_pairs(req: LMSignalsRequest, paths: Paths, split: Split) -> list[Sign
 
 def train_lm_sasrec(paths: Paths, split: Split, model: str, shuffled: bool) -> str:
     """Trains (once) SASRec initialised from `model`'s item embeddings; returns its folder's name."""
-    from training.backbones.training import train_backbone
-
     ds = split.dataset
     init = embeddings_path(ds, model, paths.artifacts)
     name = f"sasrec_lm{'_shuffled' if shuffled else ''}"
@@ -197,9 +186,6 @@ def train_lm_sasrec(paths: Paths, split: Split, model: str, shuffled: bool) -> s
 # --- judging --------------------------------------------------------------------------------------
 def backbone_columns(paths: Paths, split: Split, folder_name: str, lists: StageLists) -> list[dict[str, np.ndarray]]:
     """A trained feature backbone's score and rank columns (named as one, signal and control alike)."""
-    from service.backbones.scorers import load_scorer
-    from service.ranking.features import rank_among
-
     ds = split.dataset
     scorer = load_scorer(paths.backbone_dir(ds.name, folder_name), [u.user_id for u in ds.users], [it.item_id for it in ds.items])
     out = []
@@ -349,13 +335,9 @@ def plot(report: dict, path: Path) -> None:
 
 
 def run(req: LMSignalsRequest, paths: Paths) -> list[Path]:
-    import time
-
     start = time.perf_counter()
     dataset = load_dataset(req.dataset, req.data_path, cache_dir=paths.cache)
     split = require_held_out_users(leave_one_out(dataset), req.data_path or req.dataset)
-    from training.backbones.training import train_backbone
-
     for name in dict.fromkeys((*FEATURE_BACKBONES, *req.list_backbones)):
         train_backbone(name, dataset, split, paths)
     pairs = signal_pairs(req, paths, split)

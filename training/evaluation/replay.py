@@ -45,6 +45,7 @@ from training.evaluation.engine_runs import (
     EvalRequest,
     Record,
     candidate_lists,
+    candidate_records,
     engine_cache_dir,
     method_orders,
     sample_users,
@@ -78,9 +79,7 @@ def offline_records(split: Split, users: np.ndarray, tops: dict, m: int, cached:
     answers included), else the candidates alone (enough for every method without the LLM)."""
     if cached is not None and cached.is_file():
         return [Record(**json.loads(line)) for line in cached.read_text().splitlines()]
-    targets = split.target(stage)
-    return [Record(user=int(u), stage=stage, m=m, items=[int(i) for i in tops[stage][u][:m]], target=int(targets[u]), utilities={}, invalid={},
-                   dropped={}, seconds=0.0, scored=False) for u in users]
+    return candidate_records(split, users, tops, stage, m)
 
 
 def offline_order(method: str, rec: Record, split: Split, source, backbone: str, models: dict[str, LearnedFusion]) -> list[int]:

@@ -13,8 +13,11 @@ from pathlib import Path
 from rich.console import Console
 
 from service.llm.hardware import machine_description
+from service.ranking.policy import PolicyError, ServingPolicy, policy_dir
 from training.backbones.training import train_backbone
 from training.data import Split
+from training.evaluation.engine_runs import EvalRequest, engine_cache_dir, sample_users, serving_validation, stage_cache_name, stage_records
+from training.evaluation.serving_policy import feature_source, fit_policy, policy_table, record_inputs, save_policy
 from training.paths import Paths
 from training.tuning.pipeline import TuneRequest, tune_export
 from training.tuning.tune import TuneProfile
@@ -35,10 +38,6 @@ def ensure_serving_policy(export_dir: Path, paths: Paths, split: Split, backbone
     """The serving policy for `backbone`'s lists (`training.evaluation.serving_policy`), fitted on the
     serving-task validation's users and LLM outputs (its cache) unless one for this model and data
     is there already; the policy's feature backbones are trained first when missing."""
-    from service.ranking.policy import PolicyError, ServingPolicy, policy_dir
-    from training.evaluation.engine_runs import EvalRequest, engine_cache_dir, sample_users, stage_cache_name, stage_records
-    from training.evaluation.serving_policy import feature_source, fit_policy, policy_table, record_inputs, save_policy
-
     manifest = json.loads((export_dir / "manifest.json").read_text())
     folder = policy_dir(export_dir, backbone)
     names = tuple(dict.fromkeys((*profile.policy_backbones, backbone)))
@@ -67,8 +66,6 @@ def ensure_serving_validation(export_dir: Path, paths: Paths, split: Split, back
     """Adds `serving_validation` to the export's manifest when it is missing: validation users'
     `backbone` top-10 reranked through vLLM (`training.evaluation.engine_runs.serving_validation`). The hybrid's
     NDCG@3 there is what tuning variants are compared on."""
-    from training.evaluation.engine_runs import EvalRequest, serving_validation
-
     manifest_file = export_dir / "manifest.json"
     manifest = json.loads(manifest_file.read_text())
     if "serving_validation" not in manifest:
