@@ -83,9 +83,12 @@ lm-signals: $(PY)
 # The tuned model's learning curve: `make tune`'s recipe at 0.5x, 1x, 2x, 4x the instruction examples, each
 # validated as make tune does -> reports/learning-curve-$(DATASET).{json,md,png} (written after every size).
 # Hours on 2 CPU cores (the 4x run alone tunes ~640 LoRA steps); CURVE_SCALES picks the sizes.
+# CURVE_SEED=N tunes those sizes again at another seed: replicates, rows of their own, that measure how
+# far two tuning runs of one size differ (the yardstick for the curve's steps).
 CURVE_SCALES ?= 0.5 1 2 4
+CURVE_SEED ?=
 learning-curve: $(PY)
-	$(PY) -m training.evaluation.learning_curve $(DATA_ARGS) --scales $(CURVE_SCALES) --profile $(PROFILE)
+	$(PY) -m training.evaluation.learning_curve $(DATA_ARGS) --scales $(CURVE_SCALES) --profile $(PROFILE) $(if $(CURVE_SEED),--seed $(CURVE_SEED))
 
 # Tuning ablations (uniform sampling, no enhancement, no position shifting), each a tuning run of
 # PROFILE -> reports/ablation-$(DATASET).{json,md}. About 20 min per variant on this CPU.

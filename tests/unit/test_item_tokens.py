@@ -222,16 +222,21 @@ def test_the_export_writes_the_rows_and_keeps_item_tokens_out_of_every_answer(tm
 # --- the tuning request -------------------------------------------------------------------
 
 
-def test_an_existing_exports_run_key_is_unchanged_by_the_item_token_fields_and_the_draws_scale():
+def test_an_existing_exports_run_key_is_unchanged_by_the_item_token_fields_the_draws_scale_and_the_seed():
     # The key as it was before these request fields existed: at their defaults they are left out.
     req, profile = TuneRequest(), PROFILES["cpu"]
-    fields = {k: str(v) for k, v in asdict(req).items() if k not in ("export_dir", "data_path", "item_tokens", "item_vectors", "draws_scale")}
+    fields = {k: str(v) for k, v in asdict(req).items() if k not in ("export_dir", "data_path", "item_tokens", "item_vectors", "draws_scale", "seed")}
     blob = json.dumps({"req": fields, "data": "fp", "profile": profile.model_dump(exclude=NOT_TUNING_INPUTS), "instructions_version": INSTRUCTIONS_VERSION}, sort_keys=True)
     assert req.key(profile, "fp") == hashlib.sha256(blob.encode()).hexdigest()[:12]
     keys = {TuneRequest(**{k: v for k, v in VARIANTS[v].items()}).key(profile, "fp") for v in ("item_tokens", "item_tokens_shuffled", "item_tokens_only")}
     assert len(keys) == 3 and req.key(profile, "fp") not in keys
     half = TuneRequest(draws_scale=0.5)
     assert half.tune_profile().n_draws == PROFILES["cpu"].n_draws // 2 and half.key(half.tune_profile(), "fp") != req.key(profile, "fp")
+    replicate = TuneRequest(draws_scale=0.5, seed=2025)
+    assert replicate.tune_profile().seed == 2025 and replicate.tune_profile().n_draws == half.tune_profile().n_draws
+    assert replicate.key(replicate.tune_profile(), "fp") != half.key(half.tune_profile(), "fp")
+    same = TuneRequest(seed=PROFILES["cpu"].seed)
+    assert same.tune_profile() == profile and same.key(same.tune_profile(), "fp") == req.key(profile, "fp")
 
 
 def test_an_unknown_mode_and_shuffled_vectors_without_item_tokens_are_refused():

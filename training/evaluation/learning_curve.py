@@ -42,16 +42,20 @@ from training.evaluation.workflow import run_tune
 from training.paired_stats import paired_comparison
 from training.paths import Paths
 from training.tuning.pipeline import TuneRequest
+from training.tuning.tune import PROFILES
 
 console = Console(soft_wrap=True)
 SCALES = (0.5, 1.0, 2.0, 4.0)
 TASK_ROWS = ("backbone", "pointwise", "pairwise", "listwise", "hybrid")
 
 
-def export_dir_for(paths: Paths, dataset: str, scale: float, profile: str = "cpu") -> Path:
-    """1x of the cpu profile is the default model (`make tune`'s); the other sizes get folders of their own."""
+def export_dir_for(paths: Paths, dataset: str, scale: float, profile: str = "cpu", seed: int | None = None) -> Path:
+    """1x of the cpu profile at its own seed is the default model (`make tune`'s); other sizes and
+    replicates (another seed) get folders of their own."""
     base = paths.artifacts / dataset / "model"
-    return base if scale == 1.0 and profile == "cpu" else base.with_name(f"model-{profile}-draws-x{scale:g}")
+    if scale == 1.0 and profile == "cpu" and seed is None:
+        return base
+    return base.with_name(f"model-{profile}-draws-x{scale:g}" + (f"-seed{seed}" if seed is not None else ""))
 
 
 def llm_gain(paths: Paths, split, export_dir: Path, backbone: str, seed: int = 2024) -> dict:
@@ -74,18 +78,65 @@ def llm_gain(paths: Paths, split, export_dir: Path, backbone: str, seed: int = 2
             "diff": paired_comparison(held_out["learned"], held_out["learned_no_llm"], n_boot=1000, seed=seed)}
 
 
-def curve_rows(paths: Paths, split, scale: float, export_dir: Path, minutes: float, backbone: str) -> list[dict]:
-    manifest = json.loads((export_dir / "manifest.json").read_text())
+def size_fields(manifest: dict, scale: float, minutes: float, seed: int) -> dict:
+    """What every row of one tuning run (a size at a seed) says about it, read from the export's manifest."""
+    train = manifest["instructions"]["train"]
+    return {"scale": scale, "seed": seed, "examples": train["examples"], "instruction_users": train["users"], "per_task": train["per_task"],
+            "steps": manifest.get("train_log", {}).get("steps"), "tune_minutes": round(minutes, 1),
+            "lora_minutes": round(manifest.get("tune_seconds", 0) / 60, 1), "machine": manifest.get("machine") or machine_description(),
+            "model_run_key": manifest["run_key"], "users": manifest["serving_validation"]["users"]}
+
+
+def task_rows(manifest: dict, common: dict) -> list[dict]:
+    """One row per task of the export's serving-task validation (the hybrid's with its paired difference to the backbone)."""
     sv = manifest["serving_validation"]
-    common = {"scale": scale, "examples": manifest["instructions"]["train"], "steps": manifest.get("train_log", {}).get("steps"),
-              "tune_minutes": round(minutes, 1), "lora_minutes": round(manifest.get("tune_seconds", 0) / 60, 1),
-              "machine": manifest.get("machine") or machine_description(), "model_run_key": manifest["run_key"], "users": sv["users"]}
-    rows = [common | {"task": task, "valid_ndcg3": sv["NDCG@3"][task]} | ({"hybrid_vs_backbone": sv["hybrid_vs_backbone"]} if task == "hybrid" else {})
+    return [common | {"task": task, "valid_ndcg3": sv["NDCG@3"][task]} | ({"hybrid_vs_backbone": sv["hybrid_vs_backbone"]} if task == "hybrid" else {})
             for task in TASK_ROWS if task in sv["NDCG@3"]]
+
+
+def curve_rows(paths: Paths, split, scale: float, seed: int, export_dir: Path, minutes: float, backbone: str) -> list[dict]:
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    common = size_fields(manifest, scale, minutes, seed)
+    rows = task_rows(manifest, common)
     gain = llm_gain(paths, split, export_dir, backbone)
     rows.append(common | {"task": "learned_no_llm", "valid_ndcg3": gain["learned_no_llm"]})
     rows.append(common | {"task": "learned (with the task scores)", "valid_ndcg3": gain["learned"], "vs_learned_no_llm": gain["diff"]})
     return rows
+
+
+def runs_of(report: dict) -> dict[tuple[float, int | None], dict[str, dict]]:
+    """{(size, seed): {task: row}}, sizes ascending, the recipe's own seed first within a size."""
+    recipe = report.get("recipe_seed")
+    runs: dict[tuple[float, int | None], dict[str, dict]] = {}
+    for r in sorted(report["rows"], key=lambda r: (r["scale"], r.get("seed") != recipe, r.get("seed") or 0)):
+        runs.setdefault((r["scale"], r.get("seed")), {})[r["task"]] = r
+    return runs
+
+
+def recipe_rows(report: dict) -> list[dict]:
+    """The curve proper: the runs at the recipe's own seed (replicates only say how noisy it is)."""
+    return [r for r in report["rows"] if r.get("seed") == report.get("recipe_seed")]
+
+
+def replicate_spread(report: dict) -> list[str]:
+    """Per size tuned at more than one seed: how far its runs lie apart, the yardstick for the curve's steps."""
+    lines = []
+    by_size: dict[float, list[dict[str, dict]]] = {}
+    for (scale, _), rows in runs_of(report).items():
+        by_size.setdefault(scale, []).append(rows)
+    for scale, runs in by_size.items():
+        if len(runs) < 2:
+            continue
+        seeds = ", ".join(str(next(iter(r.values())).get("seed")) for r in runs)
+        parts = []
+        for task in ("hybrid", "learned (with the task scores)"):
+            values = [r[task]["vs_learned_no_llm"]["diff"] if task.startswith("learned") else r[task]["valid_ndcg3"] for r in runs if task in r]
+            if len(values) > 1:
+                what = "what the task scores add to the learned ranker" if task.startswith("learned") else "the hybrid's NDCG@3"
+                parts.append(f"{what} by {max(values) - min(values):.4f}")
+        lines.append(f"At {scale:g}x, {len(runs)} tuning runs of the same recipe (seeds {seeds}) differ in " + " and in ".join(parts)
+                     + ": steps of the curve smaller than that are within run-to-run noise.")
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -95,18 +146,16 @@ def markdown(report: dict) -> str:
              f"Machine: {report['machine']}.", "",
              "| size | examples | LoRA steps | tune min | " + " | ".join(TASK_ROWS) + " | learned_no_llm | learned with task scores (diff [95% CI]) |",
              "|---|---:|---:|---:|" + "---:|" * (len(TASK_ROWS) + 2)]
-    for scale in report["scales"]:
-        rows = {r["task"]: r for r in report["rows"] if r["scale"] == scale}
-        if not rows:
-            continue
+    for (scale, seed), rows in runs_of(report).items():
         any_row = next(iter(rows.values()))
         learned = rows.get("learned (with the task scores)")
         d = learned["vs_learned_no_llm"] if learned else None
         gain = f"{learned['valid_ndcg3']:.4f} ({d['diff']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}])" if learned else "—"
-        lines.append(f"| {scale:g}x | {any_row['examples']} | {any_row['steps']} | {any_row['tune_minutes']} | "
+        size = f"{scale:g}x" + ("" if seed == report.get("recipe_seed") else f" (seed {seed})")
+        lines.append(f"| {size} | {any_row['examples']} | {any_row['steps']} | {any_row['tune_minutes']} | "
                      + " | ".join(f"{rows[t]['valid_ndcg3']:.4f}" if t in rows else "—" for t in TASK_ROWS)
                      + f" | {rows['learned_no_llm']['valid_ndcg3']:.4f} | {gain} |")
-    lines += ["", report.get("verdict", ""), ""]
+    lines += ["", *replicate_spread(report), "", report.get("verdict", ""), ""]
     return "\n".join(lines)
 
 
@@ -117,10 +166,14 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    curve, replicates = recipe_rows(report), [r for r in report["rows"] if r.get("seed") != report.get("recipe_seed")]
     for task in (*TASK_ROWS, "learned_no_llm", "learned (with the task scores)"):
-        pts = sorted((r["examples"], r["valid_ndcg3"]) for r in report["rows"] if r["task"] == task)
+        pts = sorted((r["examples"], r["valid_ndcg3"]) for r in curve if r["task"] == task)
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=task, ls="--" if task in ("backbone", "learned_no_llm") else "-")
+            (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=task, ls="--" if task in ("backbone", "learned_no_llm") else "-")
+            again = [(r["examples"], r["valid_ndcg3"]) for r in replicates if r["task"] == task]
+            if again:  # other seeds of a size: hollow markers, no line
+                ax.scatter(*zip(*again, strict=True), facecolors="none", edgecolors=line.get_color())
     ax.set_xscale("log")
     ax.set_xlabel("instruction examples (log)")
     ax.set_ylabel("validation NDCG@3")
@@ -132,8 +185,9 @@ def plot(report: dict, path: Path) -> None:
 
 
 def verdict(report: dict) -> str:
-    """Flat from 1x to the largest size: no task and not the learned gain moved beyond its noise."""
-    by = {(r["scale"], r["task"]): r for r in report["rows"]}
+    """Flat from 1x to the largest size: no task and not the learned gain moved beyond its noise
+    (judged on the recipe's own seed; replicates at other seeds are reported beside it)."""
+    by = {(r["scale"], r["task"]): r for r in recipe_rows(report)}
     top = max(report["scales"])
     if 1.0 not in report["scales"] or top <= 1.0:
         return "The curve has no size above 1x yet: no verdict."
@@ -153,18 +207,21 @@ def verdict(report: dict) -> str:
 
 
 def run(paths: Paths, dataset_name: str, data_path: Path | None, scales: Sequence[float], backbone: str = "lightgcn",
-        reports_dir: Path = Path("reports"), profile: str = "cpu") -> list[Path]:
+        reports_dir: Path = Path("reports"), profile: str = "cpu", seed: int | None = None) -> list[Path]:
+    """Tune, validate and report each size in turn; `seed` (other than the profile's) makes the runs replicates."""
     dataset = load_dataset(dataset_name, data_path, cache_dir=paths.cache)
     split = require_held_out_users(leave_one_out(dataset), data_path or dataset_name)
     out_json = reports_dir / f"learning-curve-{dataset.name}.json"
     report = json.loads(out_json.read_text()) if out_json.is_file() else {"dataset": dataset.name, "rows": []}
+    report["recipe_seed"] = PROFILES[profile].seed
+    run_seed = PROFILES[profile].seed if seed is None else seed
     for scale in scales:
-        export_dir = export_dir_for(paths, dataset.name, scale, profile)
-        console.print(f"[bold]learning curve[/bold]: {scale:g}x the draws -> {export_dir}")
+        export_dir = export_dir_for(paths, dataset.name, scale, profile, None if run_seed == report["recipe_seed"] else run_seed)
+        console.print(f"[bold]learning curve[/bold]: {scale:g}x the draws, seed {run_seed} -> {export_dir}")
         start = time.perf_counter()
-        run_tune(replace(TuneRequest(dataset=dataset_name, data_path=data_path, backbone=backbone, profile=profile), draws_scale=scale, export_dir=export_dir), paths)
+        run_tune(replace(TuneRequest(dataset=dataset_name, data_path=data_path, backbone=backbone, profile=profile), draws_scale=scale, seed=seed, export_dir=export_dir), paths)
         minutes = (time.perf_counter() - start) / 60
-        report["rows"] = [r for r in report["rows"] if r["scale"] != scale] + curve_rows(paths, split, scale, export_dir, minutes, backbone)
+        report["rows"] = [r for r in report["rows"] if (r["scale"], r.get("seed")) != (scale, run_seed)] + curve_rows(paths, split, scale, run_seed, export_dir, minutes, backbone)
         report["scales"] = sorted({r["scale"] for r in report["rows"]})
         report["machine"] = machine_description()
         report["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -183,8 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-path", type=Path)
     parser.add_argument("--scales", nargs="+", type=float, default=list(SCALES))
     parser.add_argument("--profile", default="cpu", help="the tuning profile whose draws are scaled (cpu, gpu)")
+    parser.add_argument("--seed", type=int, help="tune with this seed instead of the profile's: replicates that measure run-to-run noise")
     args = parser.parse_args(argv)
-    run(Paths.from_env(), args.dataset, args.data_path, args.scales, profile=args.profile)
+    run(Paths.from_env(), args.dataset, args.data_path, args.scales, profile=args.profile, seed=args.seed)
     return 0
 
 

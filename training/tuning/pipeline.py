@@ -83,6 +83,9 @@ class TuneRequest:
     export_dir: Path | None = None  # default artifacts/<dataset>/model
     # The profile's user draws (so instruction examples) times this: the learning curve's sizes.
     draws_scale: float = 1.0
+    # The profile's seed (user draws, examples, tuning-validation users, LoRA) unless set: another seed
+    # is a replicate of the same recipe, which says how far two tuning runs differ at one size.
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if not self.draws_scale > 0:
@@ -95,18 +98,20 @@ class TuneRequest:
             raise ValueError("item_vectors=shuffled needs item tokens (item_tokens beside or only)")
 
     def tune_profile(self) -> TuneProfile:
-        """The named profile, its draws scaled by `draws_scale`."""
+        """The named profile, its draws scaled by `draws_scale` and its seed replaced by `seed` when set."""
         profile = PROFILES[self.profile]
-        if self.draws_scale == 1.0:
-            return profile
-        return profile.model_copy(update={"n_draws": max(1, round(profile.n_draws * self.draws_scale))})
+        update = {} if self.draws_scale == 1.0 else {"n_draws": max(1, round(profile.n_draws * self.draws_scale))}
+        if self.seed is not None:
+            update["seed"] = self.seed
+        return profile.model_copy(update=update) if update else profile
 
     def key(self, profile: TuneProfile, data_fingerprint: str) -> str:
         """Names the instruction set, the tuning run and the export: the request, the profile and the
         data's content (not its name or folder: the same files elsewhere share the key)."""
         blob = json.dumps(
             {
-                "req": {k: str(v) for k, v in asdict(self).items() if k not in ("export_dir", "data_path") and not (k in KEY_DEFAULTS and v == KEY_DEFAULTS[k])},
+                # the seed is keyed through the profile it sets, so naming the profile's own seed changes nothing
+                "req": {k: str(v) for k, v in asdict(self).items() if k not in ("export_dir", "data_path", "seed") and not (k in KEY_DEFAULTS and v == KEY_DEFAULTS[k])},
                 "data": data_fingerprint,
                 "profile": profile.model_dump(exclude=NOT_TUNING_INPUTS),
                 "instructions_version": INSTRUCTIONS_VERSION,
