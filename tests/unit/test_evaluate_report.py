@@ -86,6 +86,9 @@ def test_learned_keeps_the_llm_features_only_when_cross_validation_shows_they_he
     scores = stage_scores_for(fusion_split)
     helps = fit_on(fusion_split, fusion_records(fusion_split, rng, llm_signal=3.0), scores)
     assert helps.cv["learned"]["uses_llm_features"] is True
+    # judged against its control too: the same scores shuffled within each list lose what points at the target
+    assert helps.cv["learned"]["beats_shuffled_control"] is True
+    assert helps.cv["learned_shuffled_control"]["learned"] < helps.cv["learned"]["learned"]
     assert helps.policy.method in ("hybrid", "learned") and helps.policy.tasks  # the LLM earned its place on validation
     noise = fit_on(fusion_split, fusion_records(fusion_split, rng, llm_signal=0.0), scores)
     assert noise.cv["learned"]["uses_llm_features"] is False

@@ -3,7 +3,11 @@ its rows come from an export's manifest as the tuning pipeline writes it, and it
 
 from __future__ import annotations
 
-from training.evaluation.learning_curve import markdown, plot, size_fields, task_rows, verdict
+import numpy as np
+
+from training.evaluation.engine_runs import Record
+from training.evaluation.learning_curve import SHUFFLED_ROW, markdown, plot, size_fields, task_rows, verdict
+from training.evaluation.serving_policy import shuffled_utilities
 
 
 def pipeline_manifest(examples: int, steps: int) -> dict:
@@ -62,11 +66,12 @@ def test_rows_read_from_an_export_manifest_give_a_table_row_per_size_and_a_plot(
         assert [r["task"] for r in rows] == ["backbone", "pointwise", "pairwise", "listwise", "hybrid"]
         assert rows[-1]["hybrid_vs_backbone"]["ci_low"] == 0.0011
         learned = {"diff": 0.0031, "ci_low": -0.0049, "ci_high": 0.0110, "p_value": 0.4}
-        report["rows"] += rows + [common | {"task": "learned_no_llm", "valid_ndcg3": 0.0750},
-                                  common | {"task": "learned (with the task scores)", "valid_ndcg3": 0.0781, "vs_learned_no_llm": learned}]
+        control = {"diff": 0.0020, "ci_low": -0.0060, "ci_high": 0.0100, "p_value": 0.6}
+        report["rows"] += rows + [common | {"task": "learned_no_llm", "valid_ndcg3": 0.0750}, common | {"task": SHUFFLED_ROW, "valid_ndcg3": 0.0761},
+                                  common | {"task": "learned (with the task scores)", "valid_ndcg3": 0.0781, "vs_learned_no_llm": learned, "vs_shuffled": control}]
     table = [line for line in markdown(report).splitlines() if line.startswith(("| 0.5x", "| 1x"))]
-    assert table == ["| 0.5x | 663 | 83 | 23.9 | 0.0592 | 0.0516 | 0.0585 | 0.0656 | 0.0701 | 0.0750 | 0.0781 (+0.0031 [-0.0049, +0.0110]) |",
-                     "| 1x | 1265 | 159 | 23.9 | 0.0592 | 0.0516 | 0.0585 | 0.0656 | 0.0701 | 0.0750 | 0.0781 (+0.0031 [-0.0049, +0.0110]) |"]
+    assert table == [f"| {size} | {n} | {steps} | 23.9 | 0.0592 | 0.0516 | 0.0585 | 0.0656 | 0.0701 | 0.0750 | 0.0761 | 0.0781 (+0.0031 [-0.0049, +0.0110]) | +0.0020 [-0.0060, +0.0100] |"
+                     for size, n, steps in (("0.5x", 663, 83), ("1x", 1265, 159))]
     plot(report, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
 
@@ -87,3 +92,25 @@ def test_a_replicate_at_another_seed_is_a_row_of_its_own_measures_the_noise_and_
     assert sizes == ["| 0.5x", "| 0.5x (seed 2025)", "| 1x", "| 2x", "| 2x (seed 2025)"]
     assert "At 0.5x, 2 tuning runs of the same recipe (seeds 2024, 2025) differ in the hybrid's NDCG@3 by 0.0120 and in what the task scores add to the learned ranker by 0.0030" in text
     assert "At 2x, 2 tuning runs" in text and "At 1x" not in text
+
+
+def test_a_gain_over_learned_no_llm_that_its_shuffled_control_matches_is_not_a_step_of_the_curve():
+    report = {"dataset": "ml-100k", "machine": "m", "scales": [1.0, 2.0],
+              "rows": rows(1.0, (-0.008, 0.003), (-0.02, 0.001)) + rows(2.0, (0.002, 0.012), (-0.02, 0.001))}
+    report["rows"][-1]["vs_shuffled"] = {"diff": 0.001, "ci_low": -0.004, "ci_high": 0.006}
+    assert verdict(report).startswith("Flat from 1x to 2x")
+    report["rows"][-1]["vs_shuffled"] = {"diff": 0.006, "ci_low": 0.001, "ci_high": 0.011}
+    assert verdict(report) == ("Not flat: at 2x the task scores add +0.0070 to the learned ranker with the interval above 0, "
+                               "and +0.0060 over the same scores shuffled within each list, also above 0.")
+
+
+def test_the_control_moves_each_users_task_scores_to_other_candidates_of_the_list_keeping_their_values():
+    utilities = {"pointwise": [0.1, 0.2, 0.3, 0.4, 0.5], "pairwise": [1.0, 2.0, 3.0, 4.0, 5.0], "listwise": [5.0, 4.0, 3.0, 2.0, 1.0]}
+    rec = Record(user=0, stage="valid", m=5, items=[10, 11, 12, 13, 14], target=12, utilities=utilities, invalid={}, dropped={}, seconds=0.0)
+    shuffled = shuffled_utilities(rec, np.random.default_rng(3))
+    assert sorted(shuffled["pointwise"]) == utilities["pointwise"] and list(shuffled["pointwise"]) != utilities["pointwise"]
+    moved_to = np.argsort(np.argsort(shuffled["pointwise"]))  # where each candidate's pointwise score came from
+    for task in ("pairwise", "listwise"):  # one permutation for all tasks: how they agree is kept
+        assert np.array_equal(shuffled[task], np.asarray(utilities[task])[moved_to])
+    unscored = Record(user=1, stage="valid", m=5, items=[1, 2, 3, 4, 5], target=3, utilities={}, invalid={}, dropped={}, seconds=0.0)
+    assert shuffled_utilities(unscored, np.random.default_rng(3)) == {}

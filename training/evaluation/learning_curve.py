@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 from service.llm.hardware import machine_description
@@ -37,7 +38,7 @@ from training.evaluation.engine_runs import (
     utilities_of,
 )
 from training.evaluation.fusion_selection import LearnedFusionConfig, UserGroup, cross_validate
-from training.evaluation.serving_policy import feature_source, record_inputs
+from training.evaluation.serving_policy import feature_source, record_inputs, shuffled_utilities
 from training.evaluation.workflow import run_tune
 from training.paired_stats import paired_comparison
 from training.paths import Paths
@@ -58,9 +59,13 @@ def export_dir_for(paths: Paths, dataset: str, scale: float, profile: str = "cpu
     return base.with_name(f"model-{profile}-draws-x{scale:g}" + (f"-seed{seed}" if seed is not None else ""))
 
 
+SHUFFLED_ROW = "learned (task scores shuffled within each list)"
+
+
 def llm_gain(paths: Paths, split, export_dir: Path, backbone: str, seed: int = 2024) -> dict:
-    """Held-out NDCG@3 of the learned ranker with the task utilities and without, on the serving-task
-    validation's users (its cached engine outputs), and their paired difference."""
+    """Held-out NDCG@3 of the learned ranker with the task utilities, without them, and with them
+    shuffled within each list (the control), on the serving-task validation's users (its cached
+    engine outputs), and the paired differences of the first to the other two."""
     manifest = json.loads((export_dir / "manifest.json").read_text())
     req = EvalRequest(dataset=split.dataset.name, valid_users=manifest["profile"].get("serving_validation_users", 0))
     users = sample_users(split, req.valid_users, req.seed + 1)
@@ -69,13 +74,17 @@ def llm_gain(paths: Paths, split, export_dir: Path, backbone: str, seed: int = 2
     source = feature_source(paths, split, tuple(dict.fromkeys((*FEATURE_BACKBONES, backbone))))
     inputs = [record_inputs(source, split, r, backbone) for r in records]
     config = LearnedFusionConfig(guard=False, guard_k=3, seed=seed)
+    rng = np.random.default_rng(seed)
+    task_scores = {"learned_no_llm": [None] * len(records), "learned": [utilities_of(r) for r in records],
+                   "learned_shuffled": [shuffled_utilities(r, rng) for r in records]}
     held_out = {}
-    for name, with_llm in (("learned_no_llm", False), ("learned", True)):
-        groups = [UserGroup.with_relevant(feature_matrix(r.m, utilities_of(r) if with_llm else None, backbone_scores=x.backbone_scores, extra=x.extra),
-                                          relevant_index(r)) for r, x in zip(records, inputs, strict=True)]
+    for name, utilities in task_scores.items():
+        groups = [UserGroup.with_relevant(feature_matrix(r.m, u, backbone_scores=x.backbone_scores, extra=x.extra), relevant_index(r))
+                  for r, u, x in zip(records, utilities, inputs, strict=True)]
         held_out[name] = cross_validate(groups, config, folds=5, k=3)[1]["learned"]
-    return {"learned": float(held_out["learned"].mean()), "learned_no_llm": float(held_out["learned_no_llm"].mean()),
-            "diff": paired_comparison(held_out["learned"], held_out["learned_no_llm"], n_boot=1000, seed=seed)}
+    return {name: float(v.mean()) for name, v in held_out.items()} | {
+        "diff": paired_comparison(held_out["learned"], held_out["learned_no_llm"], n_boot=1000, seed=seed),
+        "diff_vs_shuffled": paired_comparison(held_out["learned"], held_out["learned_shuffled"], n_boot=1000, seed=seed)}
 
 
 def size_fields(manifest: dict, scale: float, minutes: float, seed: int) -> dict:
@@ -100,7 +109,9 @@ def curve_rows(paths: Paths, split, scale: float, seed: int, export_dir: Path, m
     rows = task_rows(manifest, common)
     gain = llm_gain(paths, split, export_dir, backbone)
     rows.append(common | {"task": "learned_no_llm", "valid_ndcg3": gain["learned_no_llm"]})
-    rows.append(common | {"task": "learned (with the task scores)", "valid_ndcg3": gain["learned"], "vs_learned_no_llm": gain["diff"]})
+    rows.append(common | {"task": SHUFFLED_ROW, "valid_ndcg3": gain["learned_shuffled"]})
+    rows.append(common | {"task": "learned (with the task scores)", "valid_ndcg3": gain["learned"], "vs_learned_no_llm": gain["diff"],
+                          "vs_shuffled": gain["diff_vs_shuffled"]})
     return rows
 
 
@@ -144,17 +155,21 @@ def markdown(report: dict) -> str:
              f"The default recipe at {', '.join(f'{s:g}x' for s in report['scales'])} the instruction examples; validation users only "
              f"(NDCG@3 of LightGCN's top-10 reranked; the learned rows held out by 5-fold user-split cross-validation). "
              f"Machine: {report['machine']}.", "",
-             "| size | examples | LoRA steps | tune min | " + " | ".join(TASK_ROWS) + " | learned_no_llm | learned with task scores (diff [95% CI]) |",
-             "|---|---:|---:|---:|" + "---:|" * (len(TASK_ROWS) + 2)]
+             "| size | examples | LoRA steps | tune min | " + " | ".join(TASK_ROWS)
+             + " | learned_no_llm | learned, task scores shuffled (control) | learned with task scores (vs learned_no_llm [95% CI]) | vs the control [95% CI] |",
+             "|---|---:|---:|---:|" + "---:|" * (len(TASK_ROWS) + 4)]
     for (scale, seed), rows in runs_of(report).items():
         any_row = next(iter(rows.values()))
         learned = rows.get("learned (with the task scores)")
         d = learned["vs_learned_no_llm"] if learned else None
         gain = f"{learned['valid_ndcg3']:.4f} ({d['diff']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}])" if learned else "—"
+        c = (learned or {}).get("vs_shuffled")
+        vs_control = f"{c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" if c else "—"
+        control = f"{rows[SHUFFLED_ROW]['valid_ndcg3']:.4f}" if SHUFFLED_ROW in rows else "—"
         size = f"{scale:g}x" + ("" if seed == report.get("recipe_seed") else f" (seed {seed})")
         lines.append(f"| {size} | {any_row['examples']} | {any_row['steps']} | {any_row['tune_minutes']} | "
                      + " | ".join(f"{rows[t]['valid_ndcg3']:.4f}" if t in rows else "—" for t in TASK_ROWS)
-                     + f" | {rows['learned_no_llm']['valid_ndcg3']:.4f} | {gain} |")
+                     + f" | {rows['learned_no_llm']['valid_ndcg3']:.4f} | {control} | {gain} | {vs_control} |")
     lines += ["", *replicate_spread(report), "", report.get("verdict", ""), ""]
     return "\n".join(lines)
 
@@ -165,12 +180,13 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     curve, replicates = recipe_rows(report), [r for r in report["rows"] if r.get("seed") != report.get("recipe_seed")]
-    for task in (*TASK_ROWS, "learned_no_llm", "learned (with the task scores)"):
+    for task in (*TASK_ROWS, "learned_no_llm", SHUFFLED_ROW, "learned (with the task scores)"):
         pts = sorted((r["examples"], r["valid_ndcg3"]) for r in curve if r["task"] == task)
         if pts:
-            (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=task, ls="--" if task in ("backbone", "learned_no_llm") else "-")
+            style = "--" if task in ("backbone", "learned_no_llm") else ":" if task == SHUFFLED_ROW else "-"
+            (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=task, ls=style)
             again = [(r["examples"], r["valid_ndcg3"]) for r in replicates if r["task"] == task]
             if again:  # other seeds of a size: hollow markers, no line
                 ax.scatter(*zip(*again, strict=True), facecolors="none", edgecolors=line.get_color())
@@ -178,7 +194,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_xlabel("instruction examples (log)")
     ax.set_ylabel("validation NDCG@3")
     ax.set_title(f"learning curve, {report['dataset']} (LightGCN top-10)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -194,16 +210,27 @@ def verdict(report: dict) -> str:
     gain_1, gain_top = by.get((1.0, "learned (with the task scores)")), by.get((top, "learned (with the task scores)"))
     hybrid_top = by.get((top, "hybrid"))
     moved = []
-    if gain_top and gain_top["vs_learned_no_llm"]["ci_low"] > 0:
-        moved.append(f"at {top:g}x the task scores add {gain_top['vs_learned_no_llm']['diff']:+.4f} to the learned ranker with the interval above 0")
+    control_top = (gain_top or {}).get("vs_shuffled")
+    if gain_top and gain_top["vs_learned_no_llm"]["ci_low"] > 0 and (control_top is None or control_top["ci_low"] > 0):
+        moved.append(f"at {top:g}x the task scores add {gain_top['vs_learned_no_llm']['diff']:+.4f} to the learned ranker with the interval above 0"
+                     + (f", and {control_top['diff']:+.4f} over the same scores shuffled within each list, also above 0" if control_top else ""))
     if hybrid_top and hybrid_top["hybrid_vs_backbone"]["ci_low"] > 0:
         moved.append(f"the hybrid beats the backbone at {top:g}x with the interval above 0")
     if moved:
         return "Not flat: " + "; ".join(moved) + "."
-    g1 = f"{gain_1['vs_learned_no_llm']['diff']:+.4f}" if gain_1 else "?"
-    gt = f"{gain_top['vs_learned_no_llm']['diff']:+.4f}" if gain_top else "?"
-    return (f"Flat from 1x to {top:g}x on the validation users: what the task scores add to the learned ranker goes from {g1} to {gt}, "
-            "neither interval above 0. By the stop rule the tuned model's ranking tasks stay out of the default policy on CPU.")
+    def said(row: dict | None, key: str) -> str:
+        c = (row or {}).get(key)
+        return f"{c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" if c else "?"
+
+    if control_top is not None:
+        what = (f"over the same scores shuffled within each list (the control) the task scores add {said(gain_1, 'vs_shuffled')} to the learned "
+                f"ranker at 1x and {said(gain_top, 'vs_shuffled')} at {top:g}x (over learned_no_llm {said(gain_1, 'vs_learned_no_llm')} and "
+                f"{said(gain_top, 'vs_learned_no_llm')}), no gain above both 0 and its control")
+    else:
+        what = (f"what the task scores add to the learned ranker goes from {said(gain_1, 'vs_learned_no_llm')} to "
+                f"{said(gain_top, 'vs_learned_no_llm')}, neither interval above 0")
+    return (f"Flat from 1x to {top:g}x on the validation users: {what}, and the hybrid not above the backbone. "
+            "By the stop rule the tuned model's ranking tasks stay out of the default policy on CPU.")
 
 
 def run(paths: Paths, dataset_name: str, data_path: Path | None, scales: Sequence[float], backbone: str = "lightgcn",
@@ -218,9 +245,11 @@ def run(paths: Paths, dataset_name: str, data_path: Path | None, scales: Sequenc
     for scale in scales:
         export_dir = export_dir_for(paths, dataset.name, scale, profile, None if run_seed == report["recipe_seed"] else run_seed)
         console.print(f"[bold]learning curve[/bold]: {scale:g}x the draws, seed {run_seed} -> {export_dir}")
+        earlier = next((r for r in report["rows"] if (r["scale"], r.get("seed")) == (scale, run_seed)), None)
+        tuned_before = earlier is not None and (export_dir / "manifest.json").is_file()
         start = time.perf_counter()
         run_tune(replace(TuneRequest(dataset=dataset_name, data_path=data_path, backbone=backbone, profile=profile), draws_scale=scale, seed=seed, export_dir=export_dir), paths)
-        minutes = (time.perf_counter() - start) / 60
+        minutes = earlier["tune_minutes"] if tuned_before else (time.perf_counter() - start) / 60  # a rerun only re-reads the export
         report["rows"] = [r for r in report["rows"] if (r["scale"], r.get("seed")) != (scale, run_seed)] + curve_rows(paths, split, scale, run_seed, export_dir, minutes, backbone)
         report["scales"] = sorted({r["scale"] for r in report["rows"]})
         report["machine"] = machine_description()

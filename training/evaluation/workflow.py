@@ -17,7 +17,7 @@ from service.ranking.policy import PolicyError, ServingPolicy, policy_dir
 from training.backbones.training import train_backbone
 from training.data import Split
 from training.evaluation.engine_runs import EvalRequest, engine_cache_dir, sample_users, serving_validation, stage_cache_name, stage_records
-from training.evaluation.serving_policy import feature_source, fit_policy, policy_table, record_inputs, save_policy
+from training.evaluation.serving_policy import RULE, feature_source, fit_policy, policy_table, record_inputs, save_policy
 from training.paths import Paths
 from training.tuning.pipeline import TuneRequest, tune_export
 from training.tuning.tune import TuneProfile
@@ -43,7 +43,8 @@ def ensure_serving_policy(export_dir: Path, paths: Paths, split: Split, backbone
     names = tuple(dict.fromkeys((*profile.policy_backbones, backbone)))
     with contextlib.suppress(PolicyError):
         policy = ServingPolicy.load(folder)
-        if (policy.model_run_key, policy.data_fingerprint, policy.feature_backbones) == (manifest["run_key"], manifest.get("data_fingerprint"), names):
+        # a policy chosen under an older rule (before the shuffled-score control, say) is chosen again
+        if (policy.model_run_key, policy.data_fingerprint, policy.feature_backbones, policy.rule) == (manifest["run_key"], manifest.get("data_fingerprint"), names, RULE):
             console.print(policy_table(policy))
             return folder / "policy.json"
     t0 = time.perf_counter()
