@@ -219,7 +219,7 @@ def markdown(report: dict, backbone: str, dataset: str) -> str:
     for name, cv in report["cv"].items():
         lines.append(
             f"| {name} | {cv['learned']:.4f} | {cv['guarded']:.4f} | {cv['hybrid']:.4f} | {cv['backbone']:.4f} | "
-            f"{cv['guarded'] - cv['hybrid']:+.4f} | {cv['fallback_folds']}/{cv['folds']} | {cv['fallback'] or 'none'} |"
+            f"{cv['guarded'] - cv['hybrid']:+.4f} | {cv['fallback_folds']}/{cv['folds']} | {'(a control, not served)' if cv.get('control') else cv['fallback'] or 'none'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -142,7 +142,7 @@ def fit_policy(split: Split, valid: list[Record], inputs: list[FeatureInputs], b
         control = [UserGroup.with_relevant(feature_matrix(r.m, shuffled_utilities(r, rng), backbone_scores=x.backbone_scores, extra=x.extra), relevant_index(r))
                    for r, x in zip(valid, inputs, strict=True)]
         control_report, control_per_user = cross_validate(control, config, folds=5, k=3)
-        cv["learned_shuffled_control"] = asdict(control_report)
+        cv["learned_shuffled_control"] = asdict(control_report) | {"fallback": None, "control": True}  # cross-validated only, never fitted nor served
         beats_no_llm = clearly_better(guarded["learned"], guarded["learned_no_llm"])
         beats_control = clearly_better(guarded["learned"], control_per_user["guarded"])
         keeps = beats_no_llm and beats_control
